@@ -1,0 +1,1 @@
+"""redchat gateway: accepts clients, speaks the wire protocol, moves messages through Redis."""

@@ -1,0 +1,90 @@
+"""Every Redis key and channel name redchat uses, built in one place.
+
+All names live under one prefix (default ``redchat``) so several deployments can
+share a Redis. Keys of one user share the hash tag ``{u:<name>}`` and keys of one
+conversation share ``{c:<conversation>}``, so a script never spans two cluster
+slots. docs/redis-keys.md describes each of them for operators.
+
+Conversation ids (internal, stable): ``#general`` for rooms, ``dm:<a>:<b>`` for a
+direct conversation, where ``a`` and ``b`` are the two lower-cased names, sorted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["GENERAL", "Keys", "dm_conversation", "is_room"]
+
+GENERAL = "#general"
+
+
+def is_room(conversation: str) -> bool:
+    return conversation.startswith("#")
+
+
+def dm_conversation(a: str, b: str) -> str:
+    """The id of the direct conversation between two users (any case, any order)."""
+    x, y = sorted((a.lower(), b.lower()))
+    return f"dm:{x}:{y}"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "redchat"
+
+    # -- users -------------------------------------------------------------
+    def account(self, user: str) -> str:
+        """Hash: name (display case), pw (scrypt), created (ms)."""
+        return f"{self.prefix}:{{u:{user.lower()}}}:account"
+
+    def login_failures(self, user: str) -> str:
+        """String counter of failed logins, expires with the throttle window."""
+        return f"{self.prefix}:{{u:{user.lower()}}}:fails"
+
+    def cursors(self, user: str) -> str:
+        """Hash: conversation id -> last stream id delivered to any of the user's clients."""
+        return f"{self.prefix}:{{u:{user.lower()}}}:cursors"
+
+    def conversations(self, user: str) -> str:
+        """Set of direct-conversation ids the user takes part in."""
+        return f"{self.prefix}:{{u:{user.lower()}}}:convs"
+
+    def log(self, user: str) -> str:
+        """Stream of the user's own sent messages (id, to, text, reply_to)."""
+        return f"{self.prefix}:{{u:{user.lower()}}}:log"
+
+    def user_channel(self, user: str) -> str:
+        """Pub/sub channel for events addressed to one user (direct messages)."""
+        return f"{self.prefix}:{{u:{user.lower()}}}:events"
+
+    # -- conversations -------------------------------------------------------
+    def stream(self, conversation: str) -> str:
+        """Stream holding the conversation's history (the source of truth)."""
+        return f"{self.prefix}:{{c:{conversation}}}:stream"
+
+    def sent(self, conversation: str, user: str, cid: str) -> str:
+        """String: the stream id a client id was stored under (idempotent retries)."""
+        return f"{self.prefix}:{{c:{conversation}}}:cid:{user.lower()}:{cid}"
+
+    def room_channel(self, conversation: str) -> str:
+        """Pub/sub channel of a room: every message appended to it."""
+        return f"{self.prefix}:{{c:{conversation}}}:events"
+
+    # -- gateways and presence -------------------------------------------------
+    @property
+    def gateways(self) -> str:
+        """Sorted set: gateway name -> last heartbeat (ms)."""
+        return f"{self.prefix}:gateways"
+
+    def presence(self, gateway: str) -> str:
+        """Hash: user display name -> number of that user's connections on one gateway."""
+        return f"{self.prefix}:presence:{gateway}"
+
+    # -- patterns for housekeeping -----------------------------------------------
+    @property
+    def stream_pattern(self) -> str:
+        return f"{self.prefix}:{{*}}:stream"
+
+    @property
+    def log_pattern(self) -> str:
+        return f"{self.prefix}:{{u:*}}:log"

@@ -1,0 +1,187 @@
+"""One gateway process: the listening socket, its sessions, the hub, presence.
+
+Shutdown, in order (SIGTERM and SIGINT alike):
+  1. stop accepting (the other gateways on the port take new clients);
+  2. let commands in flight finish, up to the drain timeout;
+  3. tell every client and close it; abort whoever has not gone by the timeout;
+  4. save delivered cursors, remove this gateway's presence, close Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from typing import Final
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from gateway.keys import Keys
+from gateway.protocol import Notice
+from gateway.session import Session, State
+from gateway.settings import GatewaySettings
+from gateway.store import REDIS_DOWN, Store
+
+__all__ = ["Gateway", "make_redis"]
+
+log = logging.getLogger("redchat.gateway")
+
+PRESENCE_COALESCE_S: Final = 0.05
+
+
+def make_redis(url: str) -> Redis:
+    """A client that fails fast: a send during an outage errors at once instead of hanging."""
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        retry=Retry(NoBackoff(), 0),
+        max_connections=256,
+    )
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings, redis_url: str) -> None:
+        self.settings = settings
+        self.name = settings.gateway_name
+        self.keys = Keys(settings.prefix)
+        self.redis = make_redis(redis_url)
+        self.store = Store(
+            self.redis,
+            self.keys,
+            message_ttl_s=settings.message_ttl_s,
+            history_max_len=settings.history_max_len,
+            idempotency_ttl_s=settings.idempotency_ttl_s,
+            login_fail_limit=settings.login_fail_limit,
+            login_fail_window_s=settings.login_fail_window_s,
+            scrypt_n=settings.scrypt_n,
+        )
+        # Imported here to keep the hub free of any dependency on this module.
+        from gateway.hub import Hub
+
+        self.hub = Hub(
+            redis_url,
+            self.keys,
+            self.store,
+            cursor_flush_s=settings.cursor_flush_s,
+            on_reconnect=self._resync_all,
+        )
+        self.sessions: set[Session] = set()
+        self.users: Counter[str] = Counter()  # display name -> local connections
+        self._per_address: Counter[str] = Counter()
+        self._presence_dirty: set[str] = set()
+        self._presence_full = True
+        self._presence_wake = asyncio.Event()
+        self._all_gone = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ----------------------------------------------------------------
+    async def start(self) -> None:
+        await self.hub.start()
+        if not await self.hub.wait_ready(10):
+            log.warning("Redis is not reachable yet; clients get 'unavailable' until it is")
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: Session(self),
+            self.settings.host,
+            self.settings.port,
+            reuse_port=True,
+            backlog=4096,
+        )
+        self._tasks.append(asyncio.create_task(self._presence_forever(), name="presence"))
+        log.info("listening on %s:%d", self.settings.host, self.settings.port)
+
+    async def shutdown(self) -> None:
+        timeout = self.settings.shutdown_timeout_s
+        log.info("shutting down: %d clients to drain within %g s", len(self.sessions), timeout)
+        if self._server is not None:
+            self._server.close()
+        busy = [s._worker for s in self.sessions if s._worker is not None and not s._worker.done()]
+        if busy:
+            await asyncio.wait(busy, timeout=timeout / 2)
+        bye = Notice(f"gateway {self.name} is shutting down; reconnect to continue")
+        for session in list(self.sessions):
+            session.close_with(bye)
+        if self.sessions:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_gone.wait(), timeout / 2)
+        for session in list(self.sessions):
+            if session.transport is not None:
+                session.transport.abort()
+        await asyncio.sleep(0)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.hub.stop()
+        with contextlib.suppress(*REDIS_DOWN):
+            await self.store.gateway_gone(self.name)
+        await self.redis.aclose()
+        log.info("stopped")
+
+    # -- sessions -----------------------------------------------------------------
+    def admit(self, session: Session) -> bool:
+        self.sessions.add(session)
+        self._all_gone.clear()
+        address = session.peer.rsplit(":", 1)[0]
+        self._per_address[address] += 1
+        limit = self.settings.max_connections_per_ip
+        return not limit or self._per_address[address] <= limit
+
+    def forget(self, session: Session) -> None:
+        if session in self.sessions:
+            self.sessions.discard(session)
+            address = session.peer.rsplit(":", 1)[0]
+            self._per_address[address] -= 1
+            if self._per_address[address] <= 0:
+                del self._per_address[address]
+            if not self.sessions:
+                self._all_gone.set()
+
+    def user_joined(self, name: str) -> None:
+        self.users[name] += 1
+        self._presence_dirty.add(name)
+        self._presence_wake.set()
+
+    def user_left(self, name: str) -> None:
+        self.users[name] -= 1
+        if self.users[name] <= 0:
+            del self.users[name]
+        self._presence_dirty.add(name)
+        self._presence_wake.set()
+
+    def _resync_all(self) -> None:
+        """The pub/sub link is back: every live session re-reads what it may have missed."""
+        self._presence_full = True
+        for session in list(self.sessions):
+            if session.state is State.LIVE:
+                session.resync()
+
+    # -- presence -------------------------------------------------------------------
+    async def _presence_forever(self) -> None:
+        ttl = self.settings.heartbeat_s * 3
+        while True:
+            try:
+                await asyncio.wait_for(self._presence_wake.wait(), self.settings.heartbeat_s)
+                await asyncio.sleep(PRESENCE_COALESCE_S)
+            except TimeoutError:
+                pass
+            self._presence_wake.clear()
+            dirty, self._presence_dirty = self._presence_dirty, set()
+            full = self._presence_full
+            try:
+                if full:
+                    await self.store.heartbeat(self.name, dict(self.users), ttl)
+                    self._presence_full = False
+                else:
+                    await self.store.heartbeat(self.name, None, ttl)
+                    await self.store.update_presence(
+                        self.name, {n: self.users.get(n, 0) for n in dirty}
+                    )
+            except REDIS_DOWN as exc:
+                log.warning("could not refresh presence: %s", exc)
+                self._presence_full = True

@@ -1,0 +1,141 @@
+"""Typed settings for redchat processes: every option is a flag and a ``REDCHAT_*`` variable.
+
+A field's flag is ``--field-name`` unless its metadata names another; the environment
+variable is the flag upper-cased with ``REDCHAT_`` in front (``--message-ttl`` ->
+``REDCHAT_MESSAGE_TTL``). Flags win over the environment, which wins over defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from gateway.errors import ConfigError
+
+__all__ = ["GatewaySettings", "StoreSettings", "WorkerSettings", "parse_settings"]
+
+T = TypeVar("T")
+
+
+def opt(default: Any, help: str, flag: str | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "flag": flag})
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """What every process that touches Redis agrees on."""
+
+    redis_url: str = opt("", "Redis URL; empty starts an embedded redis-server", "--redis")
+    prefix: str = opt("redchat", "prefix of every Redis key and channel")
+    message_ttl_s: int = opt(3600, "message lifetime in seconds, 0 keeps forever", "--message-ttl")
+    history_max_len: int = opt(100_000, "most messages kept per conversation")
+    data_dir: str = opt("data", "where the embedded Redis keeps its files")
+    log_level: str = opt("INFO", "DEBUG, INFO, WARNING or ERROR")
+
+
+@dataclass(frozen=True)
+class GatewaySettings(StoreSettings):
+    host: str = opt("127.0.0.1", "address to listen on")
+    port: int = opt(8000, "TCP port shared by all gateway processes")
+    processes: int = opt(1, "gateway processes sharing the port (SO_REUSEPORT)")
+    with_worker: bool = opt(False, "also run a worker process (as `make run` does)")
+    name: str = opt("", "this gateway's name in logs and /status (default host:pid)")
+    history_size: int = opt(20, "messages of #general a new user is shown")
+    replay_max: int = opt(10_000, "most unread messages replayed per conversation at login")
+    max_line_bytes: int = opt(16_384, "longest line a client may send")
+    max_text_chars: int = opt(4000, "longest message text")
+    max_outbox_bytes: int = opt(1 << 20, "bytes queued for one client before it is dropped")
+    login_timeout_s: float = opt(60.0, "seconds a connection may stay without logging in")
+    max_connections_per_ip: int = opt(0, "connections per client address, 0 for no limit")
+    idempotency_ttl_s: int = opt(300, "how long a client id (cid) dedupes retried sends")
+    login_fail_limit: int = opt(5, "failed logins per name before it is throttled")
+    login_fail_window_s: int = opt(60, "seconds the failed-login count is kept")
+    scrypt_n: int = opt(1 << 14, "scrypt cost (N) for new passwords")
+    cursor_flush_s: float = opt(0.5, "how often delivered-message cursors are saved")
+    heartbeat_s: float = opt(5.0, "how often the gateway refreshes its presence in Redis")
+    shutdown_timeout_s: float = opt(5.0, "seconds to drain clients on SIGTERM")
+    uvloop: bool = opt(True, "use uvloop when it is installed")
+
+    @property
+    def gateway_name(self) -> str:
+        return self.name or f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class WorkerSettings(StoreSettings):
+    trim_interval_s: float = opt(10.0, "seconds between passes that trim expired history")
+
+
+def _flag(f: dataclasses.Field[Any]) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def env_name(f: dataclasses.Field[Any]) -> str:
+    return "REDCHAT_" + _flag(f)[2:].replace("-", "_").upper()
+
+
+def _convert(kind: Any, raw: str, where: str) -> Any:
+    try:
+        if kind in (bool, "bool"):
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
+        return raw
+    except ValueError:
+        raise ConfigError(f"{where}: cannot read {raw!r} as {kind}") from None
+
+
+def parse_settings(
+    cls: type[T],
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    prog: str | None = None,
+) -> T:
+    """Build ``cls`` from defaults, then the environment, then ``argv``."""
+    env = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        flag, var = _flag(f), env_name(f)
+        if var in env:
+            values[f.name] = _convert(f.type, env[var], var)
+        help_text = f"{f.metadata['help']} [env {var}, default {f.default!r}]"
+        if f.type in (bool, "bool"):
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text
+            )
+        else:
+            parser.add_argument(flag, dest=f.name, metavar=f.name.upper(), help=help_text)
+    args = parser.parse_args(argv)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        raw = getattr(args, f.name)
+        if raw is None:
+            continue
+        values[f.name] = raw if isinstance(raw, bool) else _convert(f.type, raw, _flag(f))
+    settings = cls(**values)
+    _validate(settings)
+    return settings
+
+
+def _validate(settings: Any) -> None:
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            raise ConfigError(f"{_flag(f)} must not be negative")
+    if isinstance(settings, GatewaySettings):
+        if settings.processes < 1:
+            raise ConfigError("--processes must be at least 1")
+        if settings.max_line_bytes < 256:
+            raise ConfigError("--max-line-bytes must be at least 256")

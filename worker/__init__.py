@@ -1,0 +1,1 @@
+"""redchat worker: background jobs that keep Redis bounded (trimming expired history)."""
