@@ -1,0 +1,1 @@
+"""redchat client: the console client, the client library and the benchmark."""

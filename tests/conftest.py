@@ -1,0 +1,32 @@
+"""Fixtures shared by every layer of tests.
+
+``redis_server`` is one real redis-server per test session, on a free port (never
+the machine's 6379); ``deployment`` starts two real gateway processes sharing one
+port on it, under a key prefix of their own so tests do not see each other's data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import Deployment, RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def deployment(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Deployment]:
+    dep = Deployment(redis_server, tmp_path).start()
+    try:
+        yield dep
+    finally:
+        await dep.close_all()
+        dep.stop()

@@ -1,0 +1,261 @@
+"""Real parts for end-to-end tests: a redis-server on a free port, gateway processes.
+
+Nothing here touches the Redis on 127.0.0.1:6379: every server is started by the
+tests on a port the OS picked, with its files in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from client.connection import Connection
+from gateway.embedded_redis import find_redis_server, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class RedisServer:
+    """A redis-server child. ``persist`` turns on the append-only file."""
+
+    def __init__(self, workdir: Path, persist: bool = False, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.persist = persist
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        args = [
+            find_redis_server(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.workdir),
+            "--save", "",
+            "--appendonly", "yes" if self.persist else "no",
+            "--appendfsync", "always",
+            "--logfile", "redis.log",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        wait_for(self.ping, 10, "redis-server to answer")
+        return self
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+
+class GatewayProcess:
+    """One real gateway process (``python -m gateway``), its log in a file."""
+
+    def __init__(self, name: str, port: int, redis_url: str, prefix: str, logdir: Path,
+                 extra: list[str] | None = None) -> None:  # fmt: skip
+        self.name = name
+        self.port = port
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.log_path = logdir / f"{name}.log"
+        self.extra = extra or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> GatewayProcess:
+        args = [
+            sys.executable, "-m", "gateway",
+            "--port", str(self.port),
+            "--redis", self.redis_url,
+            "--prefix", self.prefix,
+            "--name", self.name,
+            "--scrypt-n", "1024",
+            "--log-level", "INFO",
+            *self.extra,
+        ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REDCHAT_")}
+        self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                args, cwd=ROOT, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            )
+        if wait:
+            wait_for(self.listening, 15, f"gateway {self.name} to listen")
+        return self
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def listening(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"gateway {self.name} exited:\n{self.log_text()[-3000:]}")
+        with open(self.log_path, "rb") as f:
+            f.seek(self._offset)
+            return b"listening on" in f.read()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """kill -9: no goodbye, no cursor flush."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait()
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.proc.wait(timeout)
+
+
+class Deployment:
+    """N gateway processes sharing one port, on a shared redis-server, under a fresh prefix."""
+
+    def __init__(self, redis: RedisServer, tmp: Path, gateways: int = 2,
+                 extra: list[str] | None = None) -> None:  # fmt: skip
+        self.redis = redis
+        self.tmp = tmp
+        self.port = free_port()
+        self.prefix = "t" + uuid.uuid4().hex[:10]
+        self.gateways = [
+            GatewayProcess(f"gw{i + 1}", self.port, redis.url, self.prefix, tmp, extra)
+            for i in range(gateways)
+        ]
+        self._connections: list[Connection] = []
+
+    def start(self) -> Deployment:
+        for gw in self.gateways:
+            gw.start(wait=False)
+        for gw in self.gateways:
+            wait_for(gw.listening, 15, f"gateway {gw.name} to listen")
+        return self
+
+    def stop(self) -> None:
+        for gw in self.gateways:
+            if gw.alive():
+                try:
+                    gw.terminate(10)
+                except subprocess.TimeoutExpired:
+                    gw.kill()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {gw.name}\n{gw.log_text()}" for gw in self.gateways)
+
+    async def connect(self) -> Connection:
+        conn = await Connection.open("127.0.0.1", self.port)
+        self._connections.append(conn)
+        return conn
+
+    async def login(self, user: str, password: str = "pw", **kw: object) -> Connection:
+        conn = await self.connect()
+        await conn.login(user, password, **kw)  # type: ignore[arg-type]
+        return conn
+
+    async def connect_on(self, gateway: str, user: str, password: str = "pw") -> Connection:
+        """Log in until the kernel's SO_REUSEPORT spread lands us on ``gateway``."""
+        for _ in range(60):
+            conn = await self.connect()
+            result = await conn.login(user, password)
+            if result.welcome["gateway"] == gateway:
+                return conn
+            await conn.close()
+        raise AssertionError(f"never landed on {gateway}")
+
+    async def close_all(self) -> None:
+        for conn in self._connections:
+            await conn.close()
+
+    async def text(self) -> TextClient:
+        return await TextClient.open(self.port)
+
+
+class TextClient:
+    """A person with nc: raw bytes in, lines out."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.lines: list[str] = []
+
+    @classmethod
+    async def open(cls, port: int) -> TextClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes | str) -> None:
+        self.writer.write(data.encode() if isinstance(data, str) else data)
+        await self.writer.drain()
+
+    async def line(self, timeout: float = 5.0) -> str:
+        raw = await asyncio.wait_for(self.reader.readline(), timeout)
+        if not raw:
+            raise ConnectionError("closed")
+        text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        self.lines.append(text)
+        return text
+
+    async def expect(self, pattern: str, timeout: float = 5.0) -> str:
+        """Read lines until one matches ``pattern`` (a regex); return it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        rx = re.compile(pattern)
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise AssertionError(f"no line matching {pattern!r}; got {self.lines[-10:]}")
+            line = await self.line(left)
+            if rx.search(line):
+                return line
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except OSError:
+            pass
