@@ -7,6 +7,7 @@ tests on a port the OS picked, with its files in a temporary folder.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -255,7 +256,5 @@ class TextClient:
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with contextlib.suppress(OSError):
             await self.writer.wait_closed()
-        except OSError:
-            pass
