@@ -99,7 +99,12 @@ class Supervisor:
             self.redis = EmbeddedRedis(s.data_dir)
             self.redis.start()
             url = self.redis.url
-            log.info("embedded Redis at %s (data in %s)", url, self.redis.data_dir)
+            log.info(
+                "embedded Redis at %s (data in %s, binary %s)",
+                url,
+                self.redis.data_dir,
+                self.redis.binary,
+            )
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:

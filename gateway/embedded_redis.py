@@ -64,6 +64,7 @@ class EmbeddedRedis:
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.binary = ""
         sock = self.data_dir / "redis.sock"
         self.sock_path: str | None = str(sock) if len(str(sock)) <= MAX_UNIX_PATH else None
         self.port: int | None = None if self.sock_path else free_port()
@@ -89,8 +90,9 @@ class EmbeddedRedis:
         if self.sock_path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.sock_path)
+        self.binary = find_redis_server()
         args = [
-            find_redis_server(),
+            self.binary,
             "--port", str(self.port or 0),
             "--bind", "127.0.0.1",
             "--dir", str(self.data_dir),

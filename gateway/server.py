@@ -142,10 +142,13 @@ class Gateway:
             if not self.sessions:
                 self._all_gone.set()
 
-    def user_joined(self, name: str) -> None:
+    async def user_joined(self, name: str) -> None:
+        """Count the user in and tell Redis now, so /status anywhere shows them at once."""
         self.users[name] += 1
-        self._presence_dirty.add(name)
-        self._presence_wake.set()
+        try:
+            await self.store.update_presence(self.name, {name: self.users[name]})
+        except REDIS_DOWN:
+            self._presence_full = True  # the next heartbeat rewrites it all
 
     def user_left(self, name: str) -> None:
         self.users[name] -= 1
@@ -165,18 +168,12 @@ class Gateway:
     async def _presence_forever(self) -> None:
         ttl = self.settings.heartbeat_s * 3
         while True:
-            try:
-                await asyncio.wait_for(self._presence_wake.wait(), self.settings.heartbeat_s)
-                await asyncio.sleep(PRESENCE_COALESCE_S)
-            except TimeoutError:
-                pass
             self._presence_wake.clear()
             dirty, self._presence_dirty = self._presence_dirty, set()
-            full = self._presence_full
             try:
-                if full:
-                    await self.store.heartbeat(self.name, dict(self.users), ttl)
+                if self._presence_full:
                     self._presence_full = False
+                    await self.store.heartbeat(self.name, dict(self.users), ttl)
                 else:
                     await self.store.heartbeat(self.name, None, ttl)
                     await self.store.update_presence(
@@ -185,3 +182,8 @@ class Gateway:
             except REDIS_DOWN as exc:
                 log.warning("could not refresh presence: %s", exc)
                 self._presence_full = True
+            try:
+                await asyncio.wait_for(self._presence_wake.wait(), self.settings.heartbeat_s)
+                await asyncio.sleep(PRESENCE_COALESCE_S)
+            except TimeoutError:
+                pass

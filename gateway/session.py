@@ -432,7 +432,7 @@ class Session(asyncio.Protocol):
             self.user = None
             self._to(State.GUEST)
             raise
-        self.gw.user_joined(account.name)
+        await self.gw.user_joined(account.name)
         log.info(
             "login user=%s new=%s peer=%s",
             account.name,

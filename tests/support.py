@@ -169,6 +169,7 @@ class Deployment:
             for i in range(gateways)
         ]
         self._connections: list[Connection] = []
+        self._texts: list[TextClient] = []
 
     def start(self) -> Deployment:
         for gw in self.gateways:
@@ -211,9 +212,13 @@ class Deployment:
     async def close_all(self) -> None:
         for conn in self._connections:
             await conn.close()
+        for text in self._texts:
+            await text.close()
 
     async def text(self) -> TextClient:
-        return await TextClient.open(self.port)
+        client = await TextClient.open(self.port)
+        self._texts.append(client)
+        return client
 
 
 class TextClient:
@@ -250,7 +255,12 @@ class TextClient:
             left = deadline - loop.time()
             if left <= 0:
                 raise AssertionError(f"no line matching {pattern!r}; got {self.lines[-10:]}")
-            line = await self.line(left)
+            try:
+                line = await self.line(left)
+            except TimeoutError:
+                raise AssertionError(
+                    f"no line matching {pattern!r}; got {self.lines[-10:]}"
+                ) from None
             if rx.search(line):
                 return line
 

@@ -1,0 +1,359 @@
+"""Issue 2 end to end: two real gateway processes on one port, a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from client.connection import ChatError, Connection
+from tests.support import Deployment, RedisServer, TextClient
+
+
+async def redis_for(dep: Deployment) -> aioredis.Redis:
+    return aioredis.Redis.from_url(dep.redis.url, decode_responses=True)
+
+
+# -- text lines, as a person with nc ------------------------------------------------------
+
+
+async def test_text_users_chat_with_sender_and_time(deployment: Deployment) -> None:
+    alice, bob = await deployment.text(), await deployment.text()
+    await alice.send("/login alice pw\n")
+    await alice.expect(r"alice logged in \(new name claimed\) on gateway gw\d")
+    await alice.expect(r"up to date")
+    await bob.send("/login bob pw\n")
+    await bob.expect(r"up to date")
+    await alice.send("hello from alice\n")
+    line = await bob.expect(r"hello from alice")
+    assert re.fullmatch(r"\d\d:\d\d:\d\d \[\d+\] alice: hello from alice", line)
+    await bob.send("/private to alice just you\n")
+    assert re.search(r"\(private\) bob: just you$", await alice.expect("just you"))
+    await alice.send("/quit\n")
+    await alice.expect(r"\*\* bye")
+    with pytest.raises(ConnectionError):
+        await alice.line()
+    await bob.close()
+
+
+async def test_only_login_help_and_quit_work_before_login(deployment: Deployment) -> None:
+    guest = await deployment.text()
+    await guest.send("hello?\n/status\n/history\n/help\n")
+    for _ in range(3):
+        await guest.expect(r"^!! error \(not_logged_in\)")
+    await guest.expect(r"/private to <user> <text>")
+    # A guest receives no chat traffic.
+    speaker = await deployment.login("speaker")
+    await speaker.send("#general", "not for guests")
+    await guest.send("/ping\n")
+    await guest.expect(r"\*\* pong")
+    assert not any("not for guests" in line for line in guest.lines)
+    await guest.close()
+
+
+async def test_bad_names_wrong_passwords_and_throttling(deployment: Deployment) -> None:
+    conn = await deployment.connect()
+    with pytest.raises(ChatError) as err:
+        await conn.request("login", user="bad name!", password="x")
+    assert err.value.code == "bad_name"
+    await conn.login("carol", "right")
+    other = await deployment.connect()
+    for _ in range(5):
+        with pytest.raises(ChatError) as err:
+            await other.login("CAROL", "wrong")
+        assert err.value.code == "bad_password"
+    with pytest.raises(ChatError) as err:
+        await other.login("carol", "right")
+    assert err.value.code == "rate_limited" and err.value.event["retry_after"] > 0
+    await other.ping()  # the connection goes on
+
+
+# -- broadcast, private messages, across gateways ------------------------------------------
+
+
+async def test_messages_cross_gateways_through_redis(deployment: Deployment) -> None:
+    a1 = await deployment.connect_on("gw1", "ann")
+    b2 = await deployment.connect_on("gw2", "ben")
+    sid = await b2.send("#general", "from gw2")
+    [got] = await a1.messages(1)
+    assert (got["id"], got["from"], got["to"], got["text"]) == (sid, "ben", "#general", "from gw2")
+    assert abs(got["ts"] - int(sid.split("-")[0])) == 0
+    dm = await a1.send("ben", "private from gw1")
+    [own, got] = await b2.messages(2)  # ben sees his own broadcast first
+    assert own["id"] == sid
+    assert (got["id"], got["from"], got["to"]) == (dm, "ann", "ben")
+
+
+async def test_each_gateway_subscribes_once_per_channel(deployment: Deployment) -> None:
+    for i in range(8):
+        await deployment.login(f"user{i}")
+    r = await redis_for(deployment)
+    general = f"{deployment.prefix}:{{c:#general}}:events"
+    [(_, subscribers)] = await r.pubsub_numsub(general)
+    assert subscribers == 2  # two gateway processes, however many clients
+    await r.aclose()
+
+
+async def test_private_message_to_offline_user_waits_for_login(deployment: Deployment) -> None:
+    dora = await deployment.login("dora")
+    await dora.quit()
+    eve = await deployment.login("eve")
+    sid = await eve.send("dora", "read this later")
+    dora = await deployment.connect()
+    result = await dora.login("dora", "pw")
+    assert result.welcome["unread"] == {"eve": 1}
+    assert [(m["id"], m["text"], m["replay"]) for m in result.replayed] == [
+        (sid, "read this later", True)
+    ]
+
+
+async def test_message_to_unknown_user_is_refused_and_not_stored(deployment: Deployment) -> None:
+    fred = await deployment.login("fred")
+    with pytest.raises(ChatError) as err:
+        await fred.send("nobody", "hello?")
+    assert err.value.code == "unknown_user"
+    with pytest.raises(ChatError) as err:
+        await fred.send("#nowhere", "hello?")
+    assert err.value.code == "not_found"
+    r = await redis_for(deployment)
+    assert await r.keys(f"{deployment.prefix}:{{c:dm:*") == []
+    assert await fred.log() == []
+    await r.aclose()
+
+
+# -- history, unread, several clients ----------------------------------------------------------
+
+
+async def test_first_login_replays_the_last_20_of_general_in_order(deployment: Deployment) -> None:
+    talker = await deployment.login("talker")
+    ids = [await talker.send("#general", f"m{i}") for i in range(25)]
+    newbie = await deployment.connect()
+    result = await newbie.login("newbie", "pw")
+    assert result.welcome["new"] is True
+    assert [m["id"] for m in result.replayed] == ids[-20:]
+    assert result.welcome["unread"] == {"#general": 20}
+
+
+async def test_later_login_replays_everything_unread_without_duplicates(
+    deployment: Deployment,
+) -> None:
+    gina = await deployment.login("gina")
+    hal = await deployment.login("hal")
+    seen = await gina.send("#general", "seen by hal live")
+    await hal.messages(1)
+    await asyncio.sleep(0.8)  # let the gateway save hal's cursor (every 0.5 s)
+    await hal.quit()
+    public = [await gina.send("#general", f"p{i}") for i in range(3)]
+    private = [await gina.send("hal", f"d{i}") for i in range(2)]
+    hal = await deployment.connect()
+    result = await hal.login("hal", "pw")
+    assert result.welcome["unread"] == {"#general": 3, "gina": 2}
+    replayed = [m["id"] for m in result.replayed]
+    assert seen not in replayed
+    assert replayed == public + private
+    live = await gina.send("#general", "after login")
+    [got] = await hal.messages(1)
+    assert got["id"] == live and "replay" not in got
+
+
+async def test_several_clients_of_one_user_stay_in_sync(deployment: Deployment) -> None:
+    phone = await deployment.connect_on("gw1", "ivy")
+    laptop = await deployment.connect_on("gw2", "ivy")
+    jon = await deployment.login("jon")
+    sid = await phone.send("#general", "from my phone")
+    [on_laptop] = await laptop.messages(1)
+    assert on_laptop["id"] == sid
+    dm = await phone.send("jon", "hi jon")
+    assert [m["id"] for m in await laptop.messages(1)] == [dm]
+    reply = await jon.send("ivy", "hi ivy")
+    assert [m["id"] for m in await phone.messages(3)] == [sid, dm, reply]
+    assert [m["id"] for m in await laptop.messages(1)] == [reply]
+    await asyncio.sleep(0.8)
+    # Unread state is shared: what reached the phone is not unread for a new client.
+    third = await deployment.connect()
+    result = await third.login("ivy", "pw")
+    assert result.welcome["unread"] == {}
+    assert result.replayed == []
+
+
+async def test_log_history_and_status(deployment: Deployment) -> None:
+    kim = await deployment.connect_on("gw1", "kim")
+    leo = await deployment.connect_on("gw2", "leo")
+    mine = [await kim.send("#general", "k1"), await kim.send("leo", "k2")]
+    await leo.send("#general", "l1")
+    log = await kim.log()
+    assert [m["id"] for m in log] == mine and all(m["from"] == "kim" for m in log)
+    assert [m["text"] for m in await kim.log(limit=1)] == ["k2"]
+    history = await kim.history("#general", limit=2)
+    assert [m["text"] for m in history] == ["k1", "l1"]
+    assert [m["text"] for m in await leo.history("kim")] == ["k2"]
+    older = await kim.history("#general", before=history[1]["id"])
+    assert [m["text"] for m in older] == ["k1"]
+    status = await leo.status()
+    assert status["user"] == "leo" and status["gateway"] == "gw2"
+    assert {"kim", "leo"} <= set(status["online"])
+    await kim.quit()
+    for _ in range(50):
+        if "kim" not in (await leo.status())["online"]:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("kim still online after quitting")
+
+
+async def test_direct_history_is_only_for_participants(deployment: Deployment) -> None:
+    mia = await deployment.login("mia")
+    ned = await deployment.login("ned")
+    await mia.send("ned", "secret")
+    oz = await deployment.login("oz")
+    # oz can only ever name his own conversation with a user, never theirs.
+    assert await oz.history("mia") == []
+    assert [m["text"] for m in await ned.history("mia")] == ["secret"]
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+async def test_bad_input_gets_errors_and_the_connection_goes_on(deployment: Deployment) -> None:
+    t = await deployment.text()
+    await t.send("/login pat pw\n")
+    await t.expect("up to date")
+    cases = [
+        (b"\n", "bad_request"),
+        (b"/frobnicate\n", "unknown_op"),
+        (b"\xff\xfe\xfd\n", "bad_request"),
+        (b"x" * 20_000 + b"\n", "too_long"),
+        ("y" * 4001 + "\n", "too_long"),
+    ]
+    for data, code in cases:
+        await t.send(data)
+        await t.expect(rf"^!! error \({code}\)")
+    await t.send("/ping\n/ping\n")  # two commands in one packet
+    await t.expect("pong")
+    await t.expect("pong")
+    for chunk in (b"/pi", b"n", b"g\n"):  # one command split across packets
+        await t.send(chunk)
+        await asyncio.sleep(0.05)
+    await t.expect("pong")
+    await t.send("still here\n")
+    await t.expect("pat: still here")
+    await t.close()
+
+
+async def test_malformed_json_gets_errors_and_goes_on(deployment: Deployment) -> None:
+    conn = await deployment.connect()
+    conn._writer.write(b'{"op": "ping"\n{"op": "ping", "rid": "ok"}\n[]\n')
+    first = await conn.next_event(timeout=5)
+    assert first["type"] == "error" and first["code"] == "bad_request"
+    await conn.ping()
+
+
+async def test_control_characters_are_escaped_for_text_readers(deployment: Deployment) -> None:
+    sender = await deployment.login("mallory")
+    reader = await deployment.text()
+    await reader.send("/login quinn pw\n")
+    await reader.expect("up to date")
+    await sender.send("#general", "clear \x1b[2J bell \x07 done")
+    line = await reader.expect("done")
+    assert "\x1b" not in line and "\x07" not in line
+    assert "\\x1b[2J" in line and "\\x07" in line
+
+
+async def test_connection_that_never_logs_in_is_closed(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    dep = Deployment(redis_server, tmp_path, gateways=1, extra=["--login-timeout-s", "1"]).start()
+    try:
+        t = await dep.text()
+        await t.send("/help\n")
+        await t.expect(r"not_logged_in.*no login within 1 s", timeout=5)
+        with pytest.raises(ConnectionError):
+            while True:
+                await t.line(timeout=5)
+        conn = await dep.login("ruth")  # logging in in time is fine
+        await asyncio.sleep(1.5)
+        await conn.ping()
+    finally:
+        await dep.close_all()
+        dep.stop()
+
+
+# -- lifetime ------------------------------------------------------------------------------------
+
+
+async def test_expired_messages_are_gone_and_trimmed_by_the_worker(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    dep = Deployment(redis_server, tmp_path, gateways=1, extra=["--message-ttl", "1"]).start()
+    worker = None
+    try:
+        sam = await dep.login("sam")
+        await sam.send("#general", "short-lived")
+        await sam.send("#general", "also short-lived")
+        await asyncio.sleep(1.3)
+        assert await sam.history("#general") == []
+        assert await sam.log() == []
+        fresh = await dep.connect()
+        assert (await fresh.login("tia", "pw")).replayed == []
+        r = await redis_for(dep)
+        stream = f"{dep.prefix}:{{c:#general}}:stream"
+        assert await r.xlen(stream) == 2  # still in Redis until trimmed
+        worker = subprocess.Popen(  # noqa: ASYNC220 - started once, never awaited on
+            [sys.executable, "-m", "worker", "--redis", dep.redis.url, "--prefix", dep.prefix,
+             "--message-ttl", "1", "--trim-interval-s", "0.2"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        for _ in range(100):
+            if await r.xlen(stream) == 0 and await r.xlen(f"{dep.prefix}:{{u:sam}}:log") == 0:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the worker did not trim expired messages")
+        await r.aclose()
+    finally:
+        if worker is not None:
+            worker.terminate()
+            assert worker.wait(10) == 0
+        await dep.close_all()
+        dep.stop()
+
+
+async def test_gateway_logs_actions_with_user_and_gateway(deployment: Deployment) -> None:
+    uma = await deployment.connect_on("gw1", "uma")
+    await uma.send("#general", "logged")
+    with pytest.raises(ChatError):
+        await uma.send("ghost", "x")
+    await uma.quit()
+    await asyncio.sleep(0.2)
+    log = deployment.gateways[0].log_text()
+    assert re.search(r"\[gw1\] .*login user=uma", log)
+    assert re.search(r"\[gw1\] .*send user=uma to=#general id=\d+-\d+", log)
+    assert re.search(r"\[gw1\] .*error user=uma .*code=unknown_user", log)
+    assert re.search(r"\[gw1\] .*logout user=uma", log)
+
+
+async def test_raw_socket_split_json_login(deployment: Deployment) -> None:
+    """Byte-by-byte JSON over a real socket: framing is decided by the first byte."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", deployment.port)
+    conn = Connection(reader, writer)
+    for b in b'{"op":"login","user":"vic","password":"pw","rid":"1"}\n':
+        writer.write(bytes([b]))
+        await writer.drain()
+    welcome = await conn.next_event(timeout=5)
+    assert welcome["type"] == "welcome" and welcome["user"] == "vic"
+    await conn.close()
+
+
+async def test_text_client_helper_is_real(deployment: Deployment) -> None:
+    # A sanity check on the harness itself: a wrong expectation must fail.
+    t: TextClient = await deployment.text()
+    await t.send("/ping\n")
+    with pytest.raises(AssertionError):
+        await t.expect("this will never appear", timeout=0.5)
+    await t.close()

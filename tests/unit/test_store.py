@@ -1,0 +1,176 @@
+"""The store against fakeredis: accounts, atomic sends, lifetime, cursors, presence."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import fakeredis
+import pytest
+
+from gateway.errors import ClientError
+from gateway.keys import Keys, dm_conversation
+from gateway.store import Store, hash_password, now_ms, verify_password
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[fakeredis.FakeAsyncRedis]:
+    r = fakeredis.FakeAsyncRedis(decode_responses=True)
+    yield r
+    await r.aclose()
+
+
+@pytest.fixture
+def store(redis: fakeredis.FakeAsyncRedis) -> Store:
+    return Store(redis, Keys("t"), scrypt_n=1024, login_fail_limit=3)
+
+
+def test_password_hash_is_salted_and_verifies() -> None:
+    a, b = hash_password("secret", 1024), hash_password("secret", 1024)
+    assert a != b and a.startswith("scrypt$1024$")
+    assert verify_password("secret", a) and not verify_password("Secret", a)
+    assert not verify_password("secret", "garbage")
+
+
+async def test_first_login_claims_and_later_logins_must_match(
+    store: Store, redis: fakeredis.FakeAsyncRedis
+) -> None:
+    first = await store.login("Alice", "pw")
+    assert first.new and first.name == "Alice"
+    again = await store.login("ALICE", "pw")
+    assert not again.new and again.name == "Alice"  # unique ignoring case, display case kept
+    with pytest.raises(ClientError) as err:
+        await store.login("alice", "wrong")
+    assert err.value.code == "bad_password"
+    stored = await redis.hgetall("t:{u:alice}:account")
+    assert stored["name"] == "Alice" and stored["pw"].startswith("scrypt$")
+    assert "pw" not in stored["pw"].split("$")
+
+
+async def test_failed_logins_are_throttled(store: Store) -> None:
+    await store.login("bob", "right")
+    for _ in range(3):
+        with pytest.raises(ClientError):
+            await store.login("bob", "wrong")
+    with pytest.raises(ClientError) as err:
+        await store.login("bob", "right")  # even the right password waits now
+    assert err.value.code == "rate_limited"
+    assert 0 < err.value.extra["retry_after"] <= 60
+
+
+async def test_send_appends_publishes_and_logs(
+    store: Store, redis: fakeredis.FakeAsyncRedis
+) -> None:
+    pubsub = redis.pubsub()
+    await pubsub.subscribe("t:{c:#general}:events")
+    await pubsub.get_message(timeout=1)  # the subscribe confirmation
+    result = await store.send("alice", "#general", "#general", 'say "hi" ü')
+    assert not result.duplicate
+    published = await pubsub.get_message(timeout=1)
+    assert published is not None
+    event = json.loads(published["data"])
+    assert event == {
+        "type": "message",
+        "id": result.id,
+        "ts": int(result.id.split("-")[0]),
+        "from": "alice",
+        "to": "#general",
+        "text": 'say "hi" ü',
+    }
+    [entry] = await redis.xrange("t:{c:#general}:stream")
+    assert entry == (result.id, {"from": "alice", "to": "#general", "text": 'say "hi" ü'})
+    [logged] = await store.log("alice", 10)
+    assert logged.id == result.id and logged.text == 'say "hi" ü'
+    await pubsub.aclose()
+
+
+async def test_retried_send_with_same_cid_is_stored_once(
+    store: Store, redis: fakeredis.FakeAsyncRedis
+) -> None:
+    first = await store.send("alice", "#general", "#general", "once", cid="c-1")
+    again = await store.send("alice", "#general", "#general", "once", cid="c-1")
+    other = await store.send("alice", "#general", "#general", "once", cid="c-2")
+    assert again.id == first.id and again.duplicate
+    assert other.id != first.id
+    assert await redis.xlen("t:{c:#general}:stream") == 2
+    assert 0 < await redis.ttl("t:{c:#general}:cid:alice:c-1") <= 300
+    assert len(await store.log("alice", 10)) == 2
+
+
+async def test_direct_messages_are_one_conversation_for_both(store: Store) -> None:
+    conv = dm_conversation("Alice", "bob")
+    assert conv == dm_conversation("BOB", "alice") == "dm:alice:bob"
+    await store.send("Alice", conv, "bob", "hi bob")
+    await store.send("bob", conv, "Alice", "hi alice")
+    assert await store.conversations("alice") == ["#general", conv]
+    assert await store.conversations("bob") == ["#general", conv]
+    texts = [m.text for m in await store.read_after(conv, None, 10)]
+    assert texts == ["hi bob", "hi alice"]
+
+
+async def test_reply_must_name_a_message_of_that_conversation(store: Store) -> None:
+    first = await store.send("alice", "#general", "#general", "question")
+    reply = await store.send("bob", "#general", "#general", "answer", reply_to=first.id)
+    [_, msg] = await store.read_after("#general", None, 10)
+    assert msg.id == reply.id and msg.reply_to == first.id
+    with pytest.raises(ClientError) as err:
+        await store.send("bob", "dm:alice:bob", "alice", "x", reply_to=first.id)
+    assert err.value.code == "not_found"
+
+
+async def test_reads_page_after_an_id_and_before_an_id(store: Store) -> None:
+    ids = [(await store.send("a", "#general", "#general", f"m{i}")).id for i in range(30)]
+    page = await store.read_after("#general", ids[9], 5)
+    assert [m.id for m in page] == ids[10:15] and all(m.replay for m in page)
+    last = await store.read_last("#general", 20)
+    assert [m.id for m in last] == ids[10:]
+    before = await store.read_last("#general", 3, before=ids[5])
+    assert [m.id for m in before] == ids[2:5]
+    assert await store.count_after("#general", ids[19], 100) == 10
+    assert await store.count_after("#general", ids[19], 4) == 4
+    assert await store.count_after("#general", None, 100) == 30
+
+
+async def test_expired_messages_are_gone_from_reads(
+    store: Store, redis: fakeredis.FakeAsyncRedis
+) -> None:
+    old = f"{now_ms() - 2 * 3600 * 1000}-0"
+    await redis.xadd(
+        "t:{c:#general}:stream", {"from": "a", "to": "#general", "text": "old"}, id=old
+    )
+    await store.send("a", "#general", "#general", "new")
+    assert [m.text for m in await store.read_last("#general", 20)] == ["new"]
+    assert [m.text for m in await store.read_after("#general", None, 20)] == ["new"]
+    assert [m.text for m in await store.read_after("#general", "1-0", 20)] == ["new"]
+    assert await store.count_after("#general", None, 20) == 1
+
+
+async def test_lifetime_zero_keeps_everything(redis: fakeredis.FakeAsyncRedis) -> None:
+    store = Store(redis, Keys("t"), message_ttl_s=0)
+    await redis.xadd(
+        "t:{c:#general}:stream", {"from": "a", "to": "#general", "text": "x"}, id="5-0"
+    )
+    assert [m.text for m in await store.read_last("#general", 20)] == ["x"]
+
+
+async def test_cursors_only_move_forward(store: Store) -> None:
+    await store.advance_cursors({"alice": {"#general": "100-5", "dm:alice:bob": "9-0"}})
+    await store.advance_cursors({"alice": {"#general": "100-4", "dm:alice:bob": "10-0"}})
+    await store.advance_cursors({"alice": {"#general": "99-9"}})
+    assert await store.cursors("alice") == {"#general": "100-5", "dm:alice:bob": "10-0"}
+    await store.advance_cursors({"alice": {"#general": "1000-0"}})  # longer number is later
+    assert (await store.cursors("alice"))["#general"] == "1000-0"
+
+
+async def test_presence_spans_gateways_and_ignores_dead_ones(
+    store: Store, redis: fakeredis.FakeAsyncRedis
+) -> None:
+    await store.heartbeat("gw1", {"alice": 1, "Bob": 2}, ttl_s=15)
+    await store.heartbeat("gw2", {"carol": 1}, ttl_s=15)
+    assert await store.online(stale_ms=15_000) == ["alice", "Bob", "carol"]
+    await store.update_presence("gw1", {"Bob": 0, "dave": 1})
+    assert await store.online(stale_ms=15_000) == ["alice", "carol", "dave"]
+    await redis.zadd("t:gateways", {"gw2": now_ms() - 60_000})  # gw2 stopped beating
+    assert await store.online(stale_ms=15_000) == ["alice", "dave"]
+    await store.gateway_gone("gw1")
+    assert await store.online(stale_ms=15_000) == []
