@@ -116,6 +116,7 @@ class Session(asyncio.Protocol):
         self._held_bytes = 0
         self.last_sent: dict[str, tuple[int, int]] = {}  # conversation -> last id delivered
         self._login_timer: asyncio.TimerHandle | None = None
+        self._counted = False  # counted in the gateway's presence
 
     # -- state ------------------------------------------------------------------
     def _to(self, new: State) -> None:
@@ -177,8 +178,23 @@ class Session(asyncio.Protocol):
         self.gw.forget(self)
         if self.user is not None and was in (State.SYNCING, State.LIVE):
             self.gw.hub.leave(self)
-            self.gw.user_left(self.user)
+            if self._counted:
+                self.gw.user_left(self.user)
             log.info("logout user=%s peer=%s", self.user, self.peer)
+
+    def _undo_login(self) -> None:
+        """Login failed half-way: back to a guest, as if it had never started."""
+        if self.state is not State.SYNCING or self.user is None:
+            return
+        self.gw.hub.leave(self)
+        if self._counted:
+            self._counted = False
+            self.gw.user_left(self.user)
+        self.user = None
+        self._held.clear()
+        self._held_bytes = 0
+        self.last_sent.clear()
+        self._to(State.GUEST)
 
     def pause_writing(self) -> None:
         self._drained.clear()
@@ -428,29 +444,19 @@ class Session(asyncio.Protocol):
         self._to(State.SYNCING)
         try:
             await self.gw.hub.join(self)
-        except BaseException:
-            self.user = None
-            self._to(State.GUEST)
-            raise
-        await self.gw.user_joined(account.name)
-        log.info(
-            "login user=%s new=%s peer=%s",
-            account.name,
-            account.new,
-            self.peer,
-        )
-        try:
+            self._counted = True  # from here on, leaving must count the user out
+            await self.gw.user_joined(account.name)
             plan = await self._plan_replay(cmd.since)
-        except BaseException:
-            self._go_live()
-            raise
-        unread = {name: count for name, count, _, _ in plan if count}
-        self.send_event(Welcome(account.name, account.new, unread, self.gw.name, rid=cmd.rid))
-        try:
+            unread = {name: count for name, count, _, _ in plan if count}
+            self.send_event(Welcome(account.name, account.new, unread, self.gw.name, rid=cmd.rid))
             await self._replay(plan)
-        finally:
-            self._finish_sync()
+        except BaseException:
+            # Anything short of `synced` leaves the client logged out, free to try again.
+            self._undo_login()
+            raise
+        self._finish_sync()
         self.send_event(Synced(rid=cmd.rid))
+        log.info("login user=%s new=%s peer=%s", account.name, account.new, self.peer)
 
     async def _plan_replay(
         self, since: Mapping[str, str] | None
