@@ -1,0 +1,536 @@
+"""The ``redchat`` console: an interactive chat screen, or a scriptable filter.
+
+- ``Chat`` runs typed commands (``client.commands``) against a
+  ``client.resilient.ResilientClient`` and turns everything worth showing into
+  event dicts (the server's, plus a few of its own: ``link`` for the connection's
+  state, local ``error``s). Both modes share it.
+- ``Console`` is the interactive mode (prompt_toolkit): one input line at the
+  bottom, events printed above it with ``run_in_terminal`` so that what is being
+  typed is never scrambled, a toolbar with the connection's state, tab completion
+  of commands and online names, and input history on the arrow keys.
+- ``run_script`` is the mode for pipes: lines from stdin, events on stdout as text
+  or JSON lines; it ends at end of input once every send was acked.
+
+Rendering is pure and lives in ``client.render``; this module only moves events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import threading
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any, Final
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.application import run_in_terminal
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+from prompt_toolkit.document import Document
+from prompt_toolkit.formatted_text import FormattedText
+from prompt_toolkit.history import InMemoryHistory
+from prompt_toolkit.input import Input
+from prompt_toolkit.output import Output
+from prompt_toolkit.shortcuts import print_formatted_text
+from prompt_toolkit.styles import Style
+
+from client.commands import (
+    COMMANDS,
+    HELP,
+    Command,
+    History,
+    Invalid,
+    Log,
+    Private,
+    Quit,
+    Reply,
+    Say,
+    ShowHelp,
+    Status,
+    parse,
+)
+from client.connection import ChatError, ConnectionClosed
+from client.render import (
+    STYLE,
+    Fragments,
+    ShortIds,
+    error_line,
+    info_line,
+    message_line,
+    plain,
+    status_line,
+    welcome_line,
+)
+from client.resilient import Backoff, LinkState, LinkStatus, ResilientClient
+
+__all__ = ["Chat", "ChatCompleter", "Console", "Options", "render_event", "run_script"]
+
+MAX_UNACKED_IN_SCRIPT: Final = 256
+ECHO_WAIT_S: Final = 3.0
+PASSWORD_TRIES: Final = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    user: str | None = None
+    password: str | None = None
+    json: bool = False
+    retries: int | None = None  # reconnect attempts before giving up; None: forever
+    backoff: Backoff = field(default_factory=Backoff)
+    request_timeout_s: float = 10.0
+
+
+def read_password_file(path: str) -> str:
+    """The first line of the file, without its line ending."""
+    text = Path(path).read_text(encoding="utf-8")
+    return text.splitlines()[0] if text else ""
+
+
+# ---------------------------------------------------------------------------
+# Shared by both modes
+# ---------------------------------------------------------------------------
+
+
+def render_event(ev: Mapping[str, Any], me: str, ids: ShortIds) -> list[Fragments]:
+    """The screen lines of one event dict (possibly none, e.g. for an ack)."""
+    kind = ev.get("type")
+    if kind == "message":
+        return [message_line(ev, me, ids)]
+    if kind == "welcome":
+        return [welcome_line(ev)]
+    if kind in ("history", "log"):
+        messages = list(ev.get("messages") or [])
+        head = (
+            f"history of {ev.get('with', '?')}: {len(messages)} message(s)"
+            if kind == "history"
+            else f"your last {len(messages)} message(s)"
+        )
+        return [info_line(head), *(message_line(m, me, ids) for m in messages)]
+    if kind == "status":
+        return [status_line(ev)]
+    if kind == "error":
+        line = error_line(str(ev.get("code", "?")), str(ev.get("message", "")))
+        if ev.get("cid"):
+            line.append(("class:error", f" (your message to {ev.get('to', '?')} was not sent)"))
+        return [line]
+    if kind == "notice":
+        return [info_line(text) for text in str(ev.get("text", "")).splitlines() or [""]]
+    if kind == "link":
+        return [info_line(str(ev.get("text", "")), "class:link")]
+    return []
+
+
+class Chat:
+    """Runs commands against the client; everything to show goes to ``output``."""
+
+    def __init__(
+        self,
+        client: ResilientClient,
+        output: Callable[[dict[str, Any]], None],
+        request_timeout_s: float = 10.0,
+    ) -> None:
+        self.client = client
+        self._sink = output
+        self.ids = ShortIds()
+        self.online: set[str] = set()
+        self.request_timeout_s = request_timeout_s
+
+    def output(self, ev: dict[str, Any]) -> None:
+        # Number messages here, not when drawing, so /reply works in every mode.
+        if ev.get("type") == "message":
+            self._number(ev)
+            sender = ev.get("from")
+            if isinstance(sender, str):
+                self.online.add(sender)
+        for m in ev.get("messages") or () if ev.get("type") in ("history", "log") else ():
+            self._number(m)
+        if ev.get("type") == "status":
+            self.online = {str(n) for n in ev.get("online") or ()}
+        self._sink(ev)
+
+    def _number(self, m: Mapping[str, Any]) -> None:
+        to, sender = str(m.get("to", "")), str(m.get("from", ""))
+        mine = sender.lower() == self.client.user.lower()
+        conversation = to if to.startswith("#") or mine else sender
+        self.ids.number(str(m.get("id", "")), conversation)
+
+    def local_error(self, code: str, message: str) -> None:
+        self.output({"type": "error", "code": code, "message": message, "local": True})
+
+    def send(self, to: str, text: str, reply_to: str | None = None) -> None:
+        self.client.send(to, text, reply_to)
+        if not self.client.connected:
+            self.output({"type": "link", "text": "not connected: sending after reconnecting"})
+
+    async def execute(self, cmd: Command) -> bool:
+        """Run one command; False when it asks to quit."""
+        match cmd:
+            case Quit():
+                return False
+            case Say():
+                self.send(cmd.to, cmd.text)
+            case Private():
+                self.send(cmd.to, cmd.text)
+            case Reply():
+                target = self.ids.target(cmd.number)
+                if target is None:
+                    self.local_error("not_found", f"no message [{cmd.number}] on this screen")
+                else:
+                    conversation, message_id = target
+                    self.send(conversation, cmd.text, reply_to=message_id)
+            case ShowHelp():
+                self.output({"type": "notice", "text": HELP})
+            case Invalid():
+                self.local_error("bad_request", cmd.message)
+            case History() | Log() | Status():
+                await self._request(cmd)
+        return True
+
+    async def _request(self, cmd: History | Log | Status) -> None:
+        fields: dict[str, Any] = {}
+        match cmd:
+            case History():
+                op = "history"
+                fields["with"] = cmd.with_
+                if cmd.limit is not None:
+                    fields["limit"] = cmd.limit
+            case Log():
+                op = "log"
+                if cmd.limit is not None:
+                    fields["limit"] = cmd.limit
+            case Status():
+                op = "status"
+        try:
+            reply = await self.client.request(op, timeout=self.request_timeout_s, **fields)
+        except ChatError as exc:
+            self.output(dict(exc.event))
+        except (ConnectionClosed, TimeoutError):
+            self.local_error("not_connected", f"/{op} needs a connection; try again shortly")
+        else:
+            self.output(dict(reply))
+
+
+# ---------------------------------------------------------------------------
+# Interactive
+# ---------------------------------------------------------------------------
+
+_TARGET_PREFIXES: Final = ("/private to ", "/msg ", "/m ", "/p ", "/history ")
+
+
+class ChatCompleter(Completer):
+    """Commands after a leading '/', online names where a name is expected or begun."""
+
+    def __init__(self, names: Callable[[], Iterable[str]]) -> None:
+        self.names = names
+
+    def get_completions(
+        self, document: Document, complete_event: CompleteEvent
+    ) -> Iterator[Completion]:
+        text = document.text_before_cursor
+        if text.startswith("/") and " " not in text:
+            for command in COMMANDS:
+                if command.startswith(text.lower()) and command.strip() != text:
+                    yield Completion(command, start_position=-len(text))
+            return
+        word = text.rsplit(" ", 1)[-1]
+        at_target = any(text.lower() == p for p in _TARGET_PREFIXES)
+        if not word and not at_target:
+            return
+        prefix = word.lstrip("@").lower()
+        for name in sorted(self.names(), key=str.lower):
+            if name.lower().startswith(prefix) and name != word.lstrip("@"):
+                yield Completion(name + " ", start_position=-len(word.lstrip("@")))
+
+
+class Console:
+    """The interactive chat screen. ``input``/``output`` default to the terminal."""
+
+    def __init__(
+        self, options: Options, input: Input | None = None, output: Output | None = None
+    ) -> None:
+        self.options = options
+        self.input = input
+        self.out = output
+        self.transcript: list[str] = []  # every line shown, as plain text
+        self.link = LinkStatus(LinkState.CONNECTING)
+        self.client: ResilientClient | None = None
+        self.chat: Chat | None = None
+        self.session: PromptSession[str] | None = None
+        self.style = Style.from_dict(STYLE)
+        self._display: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- output -----------------------------------------------------------------------
+    def show(self, ev: dict[str, Any]) -> None:
+        self._display.put_nowait(ev)
+
+    def _print(self, lines: list[Fragments]) -> None:
+        output = self.session.output if self.session is not None else self.out
+        for line in lines:
+            print_formatted_text(FormattedText(line), style=self.style, output=output)
+
+    async def _printer(self) -> None:
+        """The one place that draws: in order, above the input line, in batches."""
+        me = self.options.user or ""
+        done = False
+        while not done:
+            batch = [await self._display.get()]
+            while not self._display.empty():
+                batch.append(self._display.get_nowait())
+            lines: list[Fragments] = []
+            for ev in batch:
+                if ev is None:
+                    done = True
+                    break
+                if self.client is not None:
+                    me = self.client.user
+                ids = self.chat.ids if self.chat is not None else ShortIds()
+                lines += render_event(ev, me, ids)
+            if not lines:
+                continue
+            self.transcript += [plain(line) for line in lines]
+            await run_in_terminal(lambda lines=lines: self._print(lines))  # type: ignore[misc]
+
+    def _on_status(self, status: LinkStatus) -> None:
+        self.link = status
+        if status.state in (LinkState.DOWN, LinkState.WAITING, LinkState.FAILED):
+            self.show({"type": "link", "text": status.describe()})
+        if self.session is not None:
+            self.session.app.invalidate()
+
+    def _toolbar(self) -> FormattedText:
+        if self.link.state is LinkState.UP and self.client is not None:
+            pending = len(self.client.unacked)
+            waiting = f" · sending {pending}" if pending else ""
+            text = f" {self.client.user} @ gateway {self.link.gateway}{waiting} · /help · Tab"
+            return FormattedText([("", text)])
+        return FormattedText([("class:link", " " + self.link.describe())])
+
+    # -- life ---------------------------------------------------------------------
+    async def _ask(self, message: str, password: bool = False) -> str:
+        # A session of its own, so the password never lands in the input history.
+        asker: PromptSession[str] = PromptSession(input=self.input, output=self.out)
+        return (await asker.prompt_async(message, is_password=password)).strip()
+
+    async def _login(self) -> ResilientClient | None:
+        o = self.options
+        user = o.user
+        while not user:
+            user = await self._ask("name: ")
+        self.options = o = replace(o, user=user)
+        password = o.password
+        for _ in range(PASSWORD_TRIES):
+            if not password:
+                password = await self._ask(f"password for {user}: ", password=True)
+                if not password:
+                    continue
+            client = self.make_client(user, password)
+            try:
+                await client.start()
+                return client
+            except ChatError as exc:
+                self._print([error_line(exc.code, str(exc.event.get("message", "")))])
+                if exc.code not in ("bad_password", "rate_limited") or o.password:
+                    return None
+                password = None
+            except (OSError, ConnectionClosed, TimeoutError) as exc:
+                self._print([error_line("unreachable", f"cannot reach {o.host}:{o.port}: {exc}")])
+                return None
+        return None
+
+    def make_client(self, user: str, password: str) -> ResilientClient:
+        o = self.options
+        return ResilientClient(
+            user, password, o.host, o.port,
+            backoff=o.backoff, on_status=self._on_status, max_attempts=o.retries,
+        )  # fmt: skip
+
+    async def run(self) -> int:
+        client = await self._login()
+        if client is None:
+            return 1
+        self.client = client
+        self.chat = chat = Chat(client, self.show, self.options.request_timeout_s)
+        self.session = session = PromptSession[str](
+            input=self.input,
+            output=self.out,
+            history=InMemoryHistory(),
+            completer=ChatCompleter(lambda: chat.online),
+            complete_while_typing=False,
+            bottom_toolbar=self._toolbar,
+            style=self.style,
+        )
+        printer = asyncio.create_task(self._printer())
+        pump = asyncio.create_task(self._pump(client, chat))
+        self._spawn(self._fill_online(chat))
+        try:
+            while True:
+                try:
+                    line = await session.prompt_async(lambda: f"{client.user}> ")
+                except (EOFError, KeyboardInterrupt):
+                    break
+                cmd = parse(line)
+                if cmd is None:
+                    continue
+                if isinstance(cmd, Quit):
+                    break
+                if isinstance(cmd, History | Log | Status):
+                    self._spawn(chat.execute(cmd))  # keep the prompt responsive
+                else:
+                    await chat.execute(cmd)
+        finally:
+            await self._finish(client, pump, printer)
+        return 0
+
+    async def _fill_online(self, chat: Chat) -> None:
+        """The first status only fills the completion list; it is not shown."""
+        with contextlib.suppress(ChatError, ConnectionClosed, TimeoutError):
+            reply = await chat.client.status()
+            chat.online = {str(n) for n in reply.get("online") or ()}
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _pump(self, client: ResilientClient, chat: Chat) -> None:
+        async for ev in client.events():
+            chat.output(ev)
+
+    async def _finish(
+        self, client: ResilientClient, pump: asyncio.Task[None], printer: asyncio.Task[None]
+    ) -> None:
+        if client.unacked:
+            self._print([info_line(f"sending {len(client.unacked)} queued message(s)…")])
+            if not await client.flush(timeout=5.0):
+                self._print([error_line("not_sent", f"{len(client.unacked)} message(s) lost")])
+        for task in list(self._tasks):
+            task.cancel()
+        await client.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(pump, 5.0)
+        pump.cancel()
+        self._display.put_nowait(None)
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(printer, 5.0)
+
+
+# ---------------------------------------------------------------------------
+# Scriptable
+# ---------------------------------------------------------------------------
+
+
+def _read_lines(
+    stream: IO[str], loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]
+) -> None:
+    """In a daemon thread (it may block on a terminal or pipe forever): lines -> queue."""
+    try:
+        for line in stream:
+            asyncio.run_coroutine_threadsafe(queue.put(line), loop).result()
+    except (RuntimeError, OSError, ValueError):
+        return  # the loop has ended, or stdin went away
+    with contextlib.suppress(RuntimeError):
+        asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+
+
+async def run_script(options: Options, stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> int:
+    """Lines from ``stdin`` in, events out; exit once input ended and sends are acked."""
+    if not options.user:
+        print("redchat: a NAME is needed when stdin is not a terminal", file=stderr)
+        return 2
+    if not options.password:
+        print("redchat: give --password-file or set REDCHAT_PASSWORD", file=stderr)
+        return 2
+    ids = ShortIds()
+    me = options.user
+
+    def write(ev: dict[str, Any]) -> None:
+        if options.json:
+            stdout.write(json.dumps(ev, ensure_ascii=True) + "\n")
+        else:
+            for line in render_event(ev, me, ids):
+                stdout.write(plain(line) + "\n")
+        stdout.flush()
+
+    def on_status(status: LinkStatus) -> None:
+        # "up" is told by the welcome (``resumed: true`` after a reconnect), in order.
+        if status.state in (LinkState.UP, LinkState.CLOSED):
+            return
+        if options.json:
+            write({"type": "link", "state": status.state.value, "attempt": status.attempt,
+                   "delay_s": round(status.delay_s, 3), "reason": status.reason,
+                   "gateway": status.gateway})  # fmt: skip
+        else:
+            print(f"-- {status.describe()}", file=stderr, flush=True)
+
+    client = ResilientClient(
+        options.user, options.password, options.host, options.port,
+        backoff=options.backoff, on_status=on_status, max_attempts=options.retries,
+    )  # fmt: skip
+    try:
+        await client.start()
+    except ChatError as exc:
+        write(dict(exc.event))
+        return 1
+    except (OSError, ConnectionClosed, TimeoutError) as exc:
+        print(f"redchat: cannot reach {options.host}:{options.port}: {exc}", file=stderr)
+        return 1
+    me = client.user
+    chat = Chat(client, write, options.request_timeout_s)
+    chat.ids = ids
+    failed = 0
+
+    async def pump() -> None:
+        nonlocal failed
+        async for ev in client.events():
+            if ev.get("type") == "error" and ev.get("cid"):
+                failed += 1
+            if ev.get("type") != "ack" or options.json:
+                chat.output(ev)
+
+    pumping = asyncio.create_task(pump())
+    lines: asyncio.Queue[str | None] = asyncio.Queue(64)
+    loop = asyncio.get_running_loop()
+    threading.Thread(target=_read_lines, args=(stdin, loop, lines), daemon=True).start()
+    sent = []
+    while (line := await lines.get()) is not None:
+        cmd = parse(line)
+        if cmd is None:
+            continue
+        if isinstance(cmd, History | Log | Status):
+            await client.flush()  # answers reflect the lines above them, as in the script
+        before = len(client.unacked)
+        if not await chat.execute(cmd):
+            break
+        if len(client.unacked) > before:
+            sent.append(client.unacked[-1])
+        if len(client.unacked) > MAX_UNACKED_IN_SCRIPT:
+            with contextlib.suppress(Exception):
+                await client.unacked[0].wait()
+    if not await client.flush():
+        print(f"redchat: {len(client.unacked)} message(s) could not be sent", file=stderr)
+        failed += len(client.unacked)
+    # Show our own messages as everyone else sees them before leaving.
+    deadline = loop.time() + ECHO_WAIT_S
+    for item in sent:
+        if item.id is not None:
+            left = max(0.0, deadline - loop.time())
+            await client.wait_delivered(item.to, item.id, timeout=left)
+    await client.close()
+    await pumping
+    return 1 if failed else 0
+
+
+def run_interactive(options: Options) -> int:
+    return asyncio.run(Console(options).run())
+
+
+def run(options: Options) -> int:
+    if sys.stdin.isatty() and sys.stdout.isatty() and not options.json:
+        return run_interactive(options)
+    return asyncio.run(run_script(options, sys.stdin, sys.stdout, sys.stderr))

@@ -1,0 +1,167 @@
+"""How events look on a screen: one line of styled fragments per event.
+
+Pure code: no I/O, no asyncio, no terminal. The interactive console hands the
+fragments to prompt_toolkit (class names are styled by ``STYLE``); the scriptable
+mode joins their text. Everything another person controls (names, text, error
+messages) passes through ``gateway.protocol.printable`` (pure code, shared with the
+server's text framing) so control and escape characters are shown escaped, never
+interpreted by the terminal.
+
+``ShortIds`` numbers the messages shown in one session ([1], [2], ...) so that
+``/reply 2 ...`` can name one, as the gateway's text framing does.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any, Final
+
+from gateway.protocol import printable
+
+__all__ = [
+    "STYLE",
+    "Fragments",
+    "ShortIds",
+    "error_line",
+    "info_line",
+    "message_line",
+    "name_class",
+    "plain",
+    "printable",
+    "status_line",
+    "unread_text",
+    "welcome_line",
+]
+
+Fragments = list[tuple[str, str]]
+
+_NAME_COLOURS: Final = (
+    "ansired", "ansigreen", "ansiyellow", "ansiblue", "ansimagenta", "ansicyan",
+    "ansibrightred", "ansibrightgreen", "ansibrightyellow", "ansibrightblue",
+    "ansibrightmagenta", "ansibrightcyan",
+)  # fmt: skip
+
+STYLE: Final = {
+    "time": "ansibrightblack",
+    "sid": "ansibrightblack",
+    "private": "bold ansimagenta",
+    "room": "ansicyan",
+    "reply": "italic ansibrightblack",
+    "error": "bold ansired",
+    "info": "ansibrightblack",
+    "link": "ansiyellow",
+    "me": "bold",
+    **{f"name{i}": colour for i, colour in enumerate(_NAME_COLOURS)},
+}
+
+
+def name_class(name: str) -> str:
+    """A stable style class for a name: the same colour in every session and process."""
+    return f"name{zlib.crc32(name.lower().encode()) % len(_NAME_COLOURS)}"
+
+
+def plain(fragments: Fragments) -> str:
+    return "".join(text for _, text in fragments)
+
+
+class ShortIds:
+    """Per-session numbers for message ids; the last ``keep`` numbers stay usable."""
+
+    def __init__(self, keep: int = 1000) -> None:
+        self.keep = keep
+        self._numbers: OrderedDict[str, int] = OrderedDict()  # message id -> n
+        self._targets: dict[int, tuple[str, str]] = {}  # n -> (conversation, message id)
+        self._next = 1
+
+    def number(self, message_id: str, conversation: str) -> int:
+        n = self._numbers.get(message_id)
+        if n is None:
+            n = self._next
+            self._next += 1
+            self._numbers[message_id] = n
+            self._targets[n] = (conversation, message_id)
+            if len(self._numbers) > self.keep:
+                _, old = self._numbers.popitem(last=False)
+                self._targets.pop(old, None)
+        return n
+
+    def known(self, message_id: str) -> int | None:
+        return self._numbers.get(message_id)
+
+    def target(self, n: int) -> tuple[str, str] | None:
+        """(conversation, message id) of the message shown as [n], if still remembered."""
+        return self._targets.get(n)
+
+
+def _clock(ts: Any) -> str:
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(int(ts) / 1000))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "--:--:--"
+
+
+def message_line(m: Mapping[str, Any], me: str, ids: ShortIds) -> Fragments:
+    """``12:00:01 [3] (private) bob: (re [1]) text``"""
+    sender, to = str(m.get("from", "?")), str(m.get("to", "?"))
+    mine = sender.lower() == me.lower()
+    conversation = to if to.startswith("#") or mine else sender
+    n = ids.number(str(m.get("id", "")), conversation)
+    out: Fragments = [("class:time", _clock(m.get("ts")) + " "), ("class:sid", f"[{n}] ")]
+    if to.startswith("#"):
+        if to != "#general":
+            out.append(("class:room", printable(to) + " "))
+    elif mine:
+        out.append(("class:private", f"(private to {printable(to)}) "))
+    else:
+        out.append(("class:private", "(private) "))
+    style = f"class:{name_class(sender)}" + (" class:me" if mine else "")
+    out.append((style, printable(sender)))
+    out.append(("", ": "))
+    reply_to = m.get("reply_to")
+    if reply_to:
+        ref = ids.known(str(reply_to))
+        out.append(("class:reply", f"(re [{ref}]) " if ref else "(re an earlier message) "))
+    out.append(("", printable(str(m.get("text", "")))))
+    return out
+
+
+def unread_text(unread: Mapping[str, Any]) -> str:
+    parts = [
+        f"{n} in {printable(c)}" if c.startswith("#") else f"{n} from {printable(c)}"
+        for c, n in unread.items()
+        if n
+    ]
+    return ", ".join(parts) or "none"
+
+
+def welcome_line(ev: Mapping[str, Any]) -> Fragments:
+    user = printable(str(ev.get("user", "?")))
+    gateway = printable(str(ev.get("gateway", "?")))
+    unread = unread_text(ev.get("unread") or {})
+    if ev.get("resumed"):
+        text = f"** reconnected to gateway {gateway}; missed: {unread}"
+        return [("class:link", text)]
+    how = "new name claimed" if ev.get("new") else "welcome back"
+    text = f"** logged in as {user} on gateway {gateway} ({how}); unread: {unread}"
+    return [("class:info", text)]
+
+
+def status_line(ev: Mapping[str, Any]) -> Fragments:
+    online = [printable(str(n)) for n in ev.get("online") or []]
+    text = (
+        f"** you are {printable(str(ev.get('user', '?')))} on gateway "
+        f"{printable(str(ev.get('gateway', '?')))}; online ({len(online)}): "
+        f"{', '.join(online) or 'nobody'}; unread: {unread_text(ev.get('unread') or {})}"
+    )
+    return [("class:info", text)]
+
+
+def error_line(code: str, message: str) -> Fragments:
+    return [("class:error", f"!! error ({printable(code)}): {printable(message)}")]
+
+
+def info_line(text: str, style: str = "class:info") -> Fragments:
+    return [(style, "** " + printable(text))]

@@ -1,0 +1,144 @@
+"""Pure parts of the console client: command parsing, rendering, short ids,
+duplicate filtering, backoff and completion."""
+
+from __future__ import annotations
+
+import pytest
+from prompt_toolkit.completion import CompleteEvent
+from prompt_toolkit.document import Document
+
+from client.commands import (
+    History,
+    Invalid,
+    Log,
+    Private,
+    Quit,
+    Reply,
+    Say,
+    ShowHelp,
+    Status,
+    parse,
+)
+from client.console import ChatCompleter, render_event
+from client.render import ShortIds, message_line, name_class, plain
+from client.resilient import Backoff, SeenTracker
+
+
+@pytest.mark.parametrize(
+    ("line", "command"),
+    [
+        ("", None),
+        ("   \n", None),
+        ("hello there\n", Say("hello there")),
+        ("//not a command", Say("/not a command")),
+        ("/private to bob hi there", Private("bob", "hi there")),
+        ("/private bob hi", Private("bob", "hi")),
+        ("/msg bob  hi", Private("bob", "hi")),
+        ("/private to bob", Invalid("usage: /private to <user> <text>  or  /msg <user> <text>")),
+        ("/reply 12 ok", Reply(12, "ok")),
+        ("/reply [3] ok", Reply(3, "ok")),
+        ("/history", History()),
+        ("/history 5", History(limit=5)),
+        ("/history bob 5", History("bob", 5)),
+        ("/log", Log()),
+        ("/log 7", Log(7)),
+        ("/status", Status()),
+        ("/help", ShowHelp()),
+        ("/QUIT", Quit()),
+    ],
+)
+def test_parse(line: str, command: object) -> None:
+    assert parse(line) == command
+
+
+@pytest.mark.parametrize("line", ["/reply x hi", "/reply 3", "/log many", "/frobnicate"])
+def test_parse_rejects_with_a_hint(line: str) -> None:
+    result = parse(line)
+    assert isinstance(result, Invalid) and result.message
+
+
+def message(sid: str, sender: str, to: str, text: str, **extra: object) -> dict[str, object]:
+    return {"type": "message", "id": sid, "from": sender, "to": to, "text": text,
+            "ts": 1_700_000_000_000, **extra}  # fmt: skip
+
+
+def test_message_lines_mark_private_replies_and_escape_control_characters() -> None:
+    ids = ShortIds()
+    first = plain(message_line(message("1-0", "bob", "#general", "hi"), "alice", ids))
+    assert first.endswith("[1] bob: hi")
+    dm = plain(message_line(message("2-0", "bob", "alice", "psst\x1b[2J"), "alice", ids))
+    assert dm.endswith("[2] (private) bob: psst\\x1b[2J")
+    own = plain(message_line(message("3-0", "alice", "bob", "yo", reply_to="2-0"), "alice", ids))
+    assert own.endswith("[3] (private to bob) alice: (re [2]) yo")
+    evil_name = plain(message_line(message("4-0", "b\x07b", "#general", "x"), "alice", ids))
+    assert "\x07" not in evil_name and "b\\x07b" in evil_name
+    assert ids.target(2) == ("bob", "2-0") and ids.target(3) == ("bob", "3-0")
+    assert ids.target(1) == ("#general", "1-0") and ids.target(99) is None
+
+
+def test_short_ids_are_stable_and_bounded() -> None:
+    ids = ShortIds(keep=3)
+    assert [ids.number(f"{i}-0", "#general") for i in range(5)] == [1, 2, 3, 4, 5]
+    assert ids.number("4-0", "#general") == 5
+    assert ids.target(1) is None and ids.target(2) is None and ids.target(3) is not None
+
+
+def test_name_colours_are_stable_and_case_blind() -> None:
+    assert name_class("Alice") == name_class("alice")
+    assert len({name_class(f"user{i}") for i in range(100)}) > 3
+
+
+def test_render_welcome_unread_errors_and_status() -> None:
+    ids = ShortIds()
+    [welcome] = render_event(
+        {"type": "welcome", "user": "alice", "gateway": "gw1", "new": False,
+         "unread": {"#general": 3, "bob": 1}}, "alice", ids,
+    )  # fmt: skip
+    assert "unread: 3 in #general, 1 from bob" in plain(welcome)
+    [resumed] = render_event(
+        {"type": "welcome", "user": "alice", "gateway": "gw2", "unread": {}, "resumed": True},
+        "alice", ids,
+    )  # fmt: skip
+    assert "reconnected to gateway gw2" in plain(resumed)
+    [error] = render_event({"type": "error", "code": "too_long", "message": "x\x1b"}, "a", ids)
+    assert plain(error) == "!! error (too_long): x\\x1b"
+    assert ("class:error", "!! error (too_long): x\\x1b") in error
+    assert render_event({"type": "ack", "id": "1-0"}, "a", ids) == []
+
+
+def test_seen_tracker_drops_old_and_repeated_ids_per_conversation() -> None:
+    seen = SeenTracker({"#general": "5-0"})
+    assert not seen.accept(message("5-0", "bob", "#general", "x"), "alice")
+    assert not seen.accept(message("4-9", "bob", "#general", "x"), "alice")
+    assert seen.accept(message("5-1", "bob", "#general", "x"), "alice")
+    assert not seen.accept(message("5-1", "bob", "#general", "x"), "alice")
+    # Direct conversations are named from the reader's side, case-blind.
+    assert seen.accept(message("1-0", "Bob", "alice", "x"), "alice")
+    assert not seen.accept(message("1-0", "alice", "bob", "x"), "alice")
+    assert seen.accept(message("10-0", "alice", "bob", "x"), "alice")
+    assert seen.last == {"#general": "5-1", "bob": "10-0"}
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    b = Backoff(initial_s=1.0, factor=2.0, max_s=5.0, jitter=0.0)
+    assert [b.delay(n) for n in range(1, 6)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+    jittery = Backoff(initial_s=1.0, jitter=0.2)
+    assert all(0.8 <= jittery.delay(1) <= 1.2 for _ in range(50))
+
+
+def completions(text: str, names: set[str]) -> list[str]:
+    completer = ChatCompleter(lambda: names)
+    doc = Document(text, len(text))
+    found = completer.get_completions(doc, CompleteEvent(completion_requested=True))
+    return [doc.text[: len(text) + c.start_position] + c.text for c in found]
+
+
+def test_completion_of_commands_and_names() -> None:
+    names = {"bob", "Barbara", "carol"}
+    assert completions("/st", names) == ["/status"]
+    assert completions("/private to ", names) == [
+        "/private to Barbara ", "/private to bob ", "/private to carol ",
+    ]  # fmt: skip
+    assert completions("/msg b", names) == ["/msg Barbara ", "/msg bob "]
+    assert completions("hi @ca", names) == ["hi @carol "]
+    assert completions("hi ", names) == []
