@@ -20,7 +20,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ChatError", "Connection", "ConnectionClosed", "LoginResult", "conversation_of"]
+__all__ = [
+    "ChatError",
+    "Connection",
+    "ConnectionClosed",
+    "LoginResult",
+    "Requests",
+    "conversation_of",
+    "id_key",
+]
 
 MAX_LINE = 8 << 20
 
@@ -53,11 +61,40 @@ def conversation_of(message: dict[str, Any], me: str) -> str:
 
 
 def id_key(sid: str) -> tuple[int, int]:
+    """A stream id as a comparable pair; anything malformed sorts first."""
     ms, _, seq = sid.partition("-")
-    return int(ms), int(seq or 0)
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        return (0, 0)
 
 
-class Connection:
+class Requests:
+    """The read-only requests, for any client class that can ``request(op, **fields)``."""
+
+    async def request(self, op: str, timeout: float | None = 30.0, **fields: Any) -> Any:
+        raise NotImplementedError
+
+    async def history(
+        self, with_: str, limit: int | None = None, before: str | None = None
+    ) -> list[dict[str, Any]]:
+        fields: dict[str, Any] = {"with": with_}
+        if limit is not None:
+            fields["limit"] = limit
+        if before is not None:
+            fields["before"] = before
+        reply = await self.request("history", **fields)
+        return list(reply["messages"])
+
+    async def log(self, limit: int | None = None) -> list[dict[str, Any]]:
+        reply = await self.request("log", **({} if limit is None else {"limit": limit}))
+        return list(reply["messages"])
+
+    async def status(self) -> dict[str, Any]:
+        return dict(await self.request("status"))
+
+
+class Connection(Requests):
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
         self._writer = writer
@@ -126,24 +163,6 @@ class Connection:
             fields["reply_to"] = reply_to
         ack = await self.request("send", timeout=timeout, **fields)
         return str(ack["id"])
-
-    async def history(
-        self, with_: str, limit: int | None = None, before: str | None = None
-    ) -> list[dict[str, Any]]:
-        fields: dict[str, Any] = {"with": with_}
-        if limit is not None:
-            fields["limit"] = limit
-        if before is not None:
-            fields["before"] = before
-        reply = await self.request("history", **fields)
-        return list(reply["messages"])
-
-    async def log(self, limit: int | None = None) -> list[dict[str, Any]]:
-        reply = await self.request("log", **({} if limit is None else {"limit": limit}))
-        return list(reply["messages"])
-
-    async def status(self) -> dict[str, Any]:
-        return dict(await self.request("status"))
 
     async def ping(self, timeout: float = 10.0) -> None:
         await self.request("ping", timeout=timeout)

@@ -36,7 +36,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from client.connection import ChatError, Connection, ConnectionClosed, LoginResult, conversation_of
+from client.connection import (
+    ChatError,
+    Connection,
+    ConnectionClosed,
+    LoginResult,
+    Requests,
+    conversation_of,
+    id_key,
+)
 
 __all__ = [
     "Backoff",
@@ -52,14 +60,6 @@ FATAL_LOGIN_CODES: Final = frozenset({"bad_password", "bad_name", "banned", "for
 # Refusals of a send that mean "not now" rather than "never": try it again.
 RETRY_SEND_CODES: Final = frozenset({"unavailable"})
 MAX_SEND_ATTEMPTS: Final = 10
-
-
-def _id_key(sid: str) -> tuple[int, int]:
-    ms, _, seq = sid.partition("-")
-    try:
-        return int(ms), int(seq or 0)
-    except ValueError:
-        return (0, 0)
 
 
 class LinkState(enum.Enum):
@@ -120,7 +120,7 @@ class SeenTracker:
         key = conversation.lower()
         sid = str(message["id"])
         known = self.last.get(key)
-        if known is not None and _id_key(sid) <= _id_key(known):
+        if known is not None and id_key(sid) <= id_key(known):
             return False
         self.last[key] = sid
         return True
@@ -147,7 +147,7 @@ class Outgoing:
         return self.id
 
 
-class ResilientClient:
+class ResilientClient(Requests):
     def __init__(
         self,
         user: str,
@@ -245,7 +245,7 @@ class ResilientClient:
     def delivered(self, conversation: str, message_id: str) -> bool:
         """Whether a message of ``conversation`` with this id (or a later one) came out."""
         known = self._seen.last.get(conversation.lower())
-        return known is not None and _id_key(known) >= _id_key(message_id)
+        return known is not None and id_key(known) >= id_key(message_id)
 
     async def wait_delivered(self, conversation: str, message_id: str, timeout: float) -> bool:
         """Wait (up to ``timeout``) until ``delivered`` holds; returns whether it does."""
@@ -266,24 +266,6 @@ class ResilientClient:
             raise ConnectionClosed("not connected") from None
         assert self._conn is not None
         return await self._conn.request(op, timeout=timeout, **fields)
-
-    async def history(
-        self, with_: str, limit: int | None = None, before: str | None = None
-    ) -> list[dict[str, Any]]:
-        fields: dict[str, Any] = {"with": with_}
-        if limit is not None:
-            fields["limit"] = limit
-        if before is not None:
-            fields["before"] = before
-        reply = await self.request("history", **fields)
-        return list(reply["messages"])
-
-    async def log(self, limit: int | None = None) -> list[dict[str, Any]]:
-        reply = await self.request("log", **({} if limit is None else {"limit": limit}))
-        return list(reply["messages"])
-
-    async def status(self) -> dict[str, Any]:
-        return dict(await self.request("status"))
 
     async def next_event(self, timeout: float | None = None) -> dict[str, Any]:
         """The next event for the consumer; ConnectionClosed once the client has ended."""
