@@ -72,6 +72,7 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._cursors: dict[str, dict[str, str]] = {}  # user -> {conversation: id}
         self.delivered = 0  # messages handed to sessions, for /status and the bench
+        self._cursors_failing = False  # log an outage once, not at every flush
 
     @property
     def ready(self) -> bool:
@@ -85,7 +86,8 @@ class Hub:
 
     async def wait_ready(self, timeout_s: float) -> bool:
         try:
-            await asyncio.wait_for(self._ready.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._ready.wait()
         except TimeoutError:
             return False
         return True
@@ -195,7 +197,11 @@ class Hub:
     # -- cursors ----------------------------------------------------------------
     def mark_delivered(self, user: str, conversation: str, message: Message) -> None:
         self.delivered += 1
-        self._cursors.setdefault(user, {})[conversation] = message.id
+        # Called once per delivery: no throwaway dict as setdefault's default would make.
+        cursors = self._cursors.get(user)
+        if cursors is None:
+            cursors = self._cursors[user] = {}
+        cursors[conversation] = message.id
 
     async def flush_cursors(self) -> None:
         pending, self._cursors = self._cursors, {}
@@ -203,8 +209,13 @@ class Hub:
             return
         try:
             await self.store.advance_cursors(pending)
+            if self._cursors_failing:
+                self._cursors_failing = False
+                log.info("cursors saved again")
         except REDIS_DOWN as exc:
-            log.warning("could not save cursors (%s); will retry", exc)
+            if not self._cursors_failing:
+                self._cursors_failing = True
+                log.warning("could not save cursors (%s); will retry", exc)
             for user, convs in pending.items():
                 mine = self._cursors.setdefault(user, {})
                 for conv, sid in convs.items():

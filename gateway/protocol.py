@@ -237,10 +237,16 @@ class Message:
     replay: bool = False
     # The JSON line as published, shared by every JSON session on a gateway.
     raw: bytes | None = field(default=None, compare=False, repr=False)
+    _key: tuple[int, int] | None = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def key(self) -> tuple[int, int]:
-        return parse_stream_id(self.id)
+        # Parsed once, not once per recipient: every local session compares it.
+        key = self._key
+        if key is None:
+            key = parse_stream_id(self.id)
+            object.__setattr__(self, "_key", key)
+        return key
 
 
 @dataclass(frozen=True, slots=True)

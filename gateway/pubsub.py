@@ -52,7 +52,8 @@ class Subscriber:
                 p.get("host", "localhost"), int(p.get("port", 6379)), limit=1 << 20
             )
         try:
-            self._reader, self._writer = await asyncio.wait_for(opening, self._connect_timeout_s)
+            async with asyncio.timeout(self._connect_timeout_s):
+                self._reader, self._writer = await opening
         except (OSError, TimeoutError) as exc:
             raise SubscriberClosed(f"cannot reach Redis: {exc}") from exc
         if p.get("password"):
@@ -103,12 +104,15 @@ class Subscriber:
             try:
                 chunk = await self._reader.read(1 << 18)
             except OSError as exc:
-                raise SubscriberClosed(str(exc)) from exc
+                raise self._broken(str(exc)) from exc
             if not chunk:
-                raise SubscriberClosed("Redis closed the connection")
+                raise self._broken("Redis closed the connection")
             self._parser.feed(chunk)
             batch: list[tuple[bytes, bytes]] = []
             while (reply := self._parser.gets()) is not False:
+                if isinstance(reply, hiredis.ReplyError):
+                    # E.g. "max number of clients reached": Redis closes the link next.
+                    raise self._broken(f"Redis refused: {reply}")
                 if isinstance(reply, list) and len(reply) == 3:
                     kind = reply[0]
                     if kind == b"message":
@@ -120,12 +124,19 @@ class Subscriber:
             if batch:
                 return batch
 
-    async def close(self) -> None:
+    def _broken(self, reason: str) -> SubscriberClosed:
+        """The link is dead: a subscribe still waiting for its confirmation fails too
+        (instead of waiting forever), so the caller can reconnect."""
+        exc = SubscriberClosed(reason)
         for futs in self._confirmations.values():
             for fut in futs:
                 if not fut.done():
-                    fut.set_exception(SubscriberClosed("pub/sub connection closed"))
+                    fut.set_exception(exc)
         self._confirmations.clear()
+        return exc
+
+    async def close(self) -> None:
+        self._broken("pub/sub connection closed")
         if self._writer is not None:
             self._writer.close()
             with contextlib.suppress(OSError):

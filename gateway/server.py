@@ -21,7 +21,7 @@ from redis.backoff import NoBackoff
 
 from gateway.keys import Keys
 from gateway.protocol import Notice
-from gateway.session import Session, State
+from gateway.session import Flusher, Session, State
 from gateway.settings import GatewaySettings
 from gateway.store import REDIS_DOWN, Store
 
@@ -71,6 +71,7 @@ class Gateway:
             on_reconnect=self._resync_all,
         )
         self.sessions: set[Session] = set()
+        self.flusher = Flusher(settings.write_coalesce_s)
         self.users: Counter[str] = Counter()  # display name -> local connections
         self._per_address: Counter[str] = Counter()
         self._presence_dirty: set[str] = set()
@@ -109,7 +110,8 @@ class Gateway:
             session.close_with(bye)
         if self.sessions:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_gone.wait(), timeout / 2)
+                async with asyncio.timeout(timeout / 2):
+                    await self._all_gone.wait()
         for session in list(self.sessions):
             if session.transport is not None:
                 session.transport.abort()
@@ -183,7 +185,9 @@ class Gateway:
                 log.warning("could not refresh presence: %s", exc)
                 self._presence_full = True
             try:
-                await asyncio.wait_for(self._presence_wake.wait(), self.settings.heartbeat_s)
+                # Not wait_for: on 3.11 with uvloop, cancelling it here could hang shutdown.
+                async with asyncio.timeout(self.settings.heartbeat_s):
+                    await self._presence_wake.wait()
                 await asyncio.sleep(PRESENCE_COALESCE_S)
             except TimeoutError:
                 pass

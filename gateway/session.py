@@ -63,7 +63,7 @@ from gateway.store import REDIS_DOWN
 if TYPE_CHECKING:
     from gateway.server import Gateway
 
-__all__ = ["Session", "State"]
+__all__ = ["Flusher", "Session", "State"]
 
 log = logging.getLogger("redchat.session")
 
@@ -92,6 +92,42 @@ _ALLOWED: Final = {
 
 class _Resync:
     """Internal queue item: re-read history after the pub/sub link came back."""
+
+
+class Flusher:
+    """Flushes the outboxes of a gateway's sessions together, one socket write each.
+
+    Idle, a write goes out on the next loop turn, as a per-session ``call_soon``
+    would. Busy, flushes are at most ``interval_s`` apart: every message that
+    arrives in between joins the same write, which turns one ``send()`` per
+    message and recipient into one per recipient and interval (a loopback send
+    also wakes the reader, so each one costs a context switch on a small box).
+    A flush never waits longer than ``interval_s``; 0 turns the coalescing off.
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._dirty: list[Session] = []
+        self._scheduled = False
+        self._last = 0.0
+
+    def add(self, session: Session) -> None:
+        self._dirty.append(session)
+        if not self._scheduled:
+            self._scheduled = True
+            loop = asyncio.get_running_loop()
+            due = self._last + self.interval_s
+            if due <= loop.time():
+                loop.call_soon(self._run)
+            else:
+                loop.call_at(due, self._run)
+
+    def _run(self) -> None:
+        self._scheduled = False
+        self._last = asyncio.get_running_loop().time()
+        dirty, self._dirty = self._dirty, []
+        for session in dirty:
+            session._flush()
 
 
 class Session(asyncio.Protocol):
@@ -128,7 +164,10 @@ class Session(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self.transport = transport = cast(asyncio.Transport, transport)
-        transport.set_write_buffer_limits(high=DRAIN_HIGH_WATER)
+        # Replay waits for the client below this mark, well under the outbox bound.
+        transport.set_write_buffer_limits(
+            high=min(DRAIN_HIGH_WATER, self.settings.max_outbox_bytes // 4)
+        )
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         loop = asyncio.get_running_loop()
@@ -211,6 +250,8 @@ class Session(asyncio.Protocol):
         """Queue bytes for the client, or cut it off if it is too far behind."""
         if self.state is State.CLOSED or self.transport is None or not data:
             return
+        if self.transport.is_closing():
+            return  # already cut off or saying goodbye: nothing more is queued
         queued = self.transport.get_write_buffer_size() + self._out_bytes + len(data)
         if queued > self.settings.max_outbox_bytes:
             self._slow_consumer()
@@ -219,7 +260,7 @@ class Session(asyncio.Protocol):
         self._out_bytes += len(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self.gw.flusher.add(self)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -268,6 +309,10 @@ class Session(asyncio.Protocol):
             return
         transport.close()
         asyncio.get_running_loop().call_later(2.0, transport.abort)
+
+    def _queued(self) -> int:
+        buffered = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        return buffered + self._out_bytes
 
     async def _drain(self) -> None:
         self._flush()
@@ -501,7 +546,7 @@ class Session(asyncio.Protocol):
             await self._replay_after(conversation, after)
 
     async def _replay_after(self, conversation: str, after: str | None) -> None:
-        while True:
+        while self.state is not State.CLOSED:
             page = await self.gw.store.read_after(conversation, after, REPLAY_PAGE)
             if not page:
                 return
@@ -519,6 +564,9 @@ class Session(asyncio.Protocol):
                 continue
             last = key
             self.write(self.codec.encode(msg))
+            if self._queued() > self.settings.max_outbox_bytes // 2:
+                # A backlog is paced by the client's reading, not cut as a slow consumer.
+                await self._drain()
         if page and last is not None:
             self.last_sent[conversation] = last
             self.gw.hub.mark_delivered(self.user, conversation, page[-1])

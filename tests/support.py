@@ -179,12 +179,17 @@ class Deployment:
         return self
 
     def stop(self) -> None:
+        """SIGTERM every gateway still running; one that does not exit in time is a bug."""
+        hung = []
         for gw in self.gateways:
             if gw.alive():
                 try:
-                    gw.terminate(10)
+                    gw.terminate(15)
                 except subprocess.TimeoutExpired:
                     gw.kill()
+                    hung.append(gw.name)
+        if hung:
+            raise AssertionError(f"gateways {hung} ignored SIGTERM:\n{self.logs()[-3000:]}")
 
     def logs(self) -> str:
         return "\n".join(f"--- {gw.name}\n{gw.log_text()}" for gw in self.gateways)
