@@ -246,14 +246,22 @@ class Session(asyncio.Protocol):
         if self.codec is not None:
             self.write(self.codec.encode(ev))
 
-    def write(self, data: bytes) -> None:
+    async def reply_large(self, ev: Event) -> None:
+        """A reply the client asked for (history, log): it may pass the outbox bound,
+        which is for traffic the client did not ask for; the next command waits
+        until the client has read it."""
+        if self.codec is not None:
+            self.write(self.codec.encode(ev), bounded=False)
+            await self._drain()
+
+    def write(self, data: bytes, bounded: bool = True) -> None:
         """Queue bytes for the client, or cut it off if it is too far behind."""
         if self.state is State.CLOSED or self.transport is None or not data:
             return
         if self.transport.is_closing():
             return  # already cut off or saying goodbye: nothing more is queued
         queued = self.transport.get_write_buffer_size() + self._out_bytes + len(data)
-        if queued > self.settings.max_outbox_bytes:
+        if bounded and queued > self.settings.max_outbox_bytes:
             self._slow_consumer()
             return
         self._out.append(data)
@@ -420,10 +428,10 @@ class Session(asyncio.Protocol):
             case GetHistory():
                 conversation, name = await self._resolve(cmd.with_)
                 messages = await self.gw.store.read_last(conversation, cmd.limit, cmd.before)
-                self.send_event(HistoryResult(name, tuple(messages), rid=cmd.rid))
+                await self.reply_large(HistoryResult(name, tuple(messages), rid=cmd.rid))
             case GetLog():
                 messages = await self.gw.store.log(self.user, cmd.limit)
-                self.send_event(LogResult(tuple(messages), rid=cmd.rid))
+                await self.reply_large(LogResult(tuple(messages), rid=cmd.rid))
             case GetStatus():
                 await self._status(cmd)
 
@@ -585,6 +593,9 @@ class Session(asyncio.Protocol):
                     cursors = await self.gw.store.cursors(self.user)
                     after = cursors.get(conversation)
                 await self._replay_after(conversation, after)
+        except REDIS_DOWN:
+            # Going live now could hide a gap: the client comes back and resumes instead.
+            self.close_with(Error("unavailable", "lost track of new messages; reconnect"))
         finally:
             self._finish_sync()
 

@@ -276,6 +276,13 @@ class Store:
             json_tail,
             *channels,
         ]
+        if not is_room(conversation):
+            # Before the message exists, so a recipient logging in right now either
+            # finds the conversation or is already subscribed when it is published.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.sadd(k.conversations(sender), conversation)
+                pipe.sadd(k.conversations(to), conversation)
+                await pipe.execute()
         cid_key = k.sent(conversation, sender, cid) if cid else stream
         status, sid = await self._send(keys=[stream, cid_key], args=args)
         sid = str(sid)
@@ -291,9 +298,6 @@ class Store:
             pipe.xadd(log, fields, maxlen=self.history_max_len, approximate=True)  # type: ignore[arg-type]
             if self.message_ttl_s:
                 pipe.xtrim(log, minid=min_id, approximate=True)
-            if not is_room(conversation):
-                pipe.sadd(k.conversations(sender), conversation)
-                pipe.sadd(k.conversations(to), conversation)
             await pipe.execute()
         return SendResult(sid, duplicate=False)
 

@@ -357,3 +357,22 @@ async def test_text_client_helper_is_real(deployment: Deployment) -> None:
     with pytest.raises(AssertionError):
         await t.expect("this will never appear", timeout=0.5)
     await t.close()
+
+
+async def test_history_larger_than_the_outbox_is_paced_not_cut(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    dep = Deployment(
+        redis_server, tmp_path, gateways=1, extra=["--max-outbox-bytes", "65536"]
+    ).start()
+    try:
+        writer = await dep.login("wes")
+        reader = await dep.login("xia")
+        ids = [await writer.send("xia", f"{i:03d} " + "y" * 3000) for i in range(60)]
+        await reader.messages(60)
+        history = await reader.history("wes", limit=200)  # ~180 KB, three times the bound
+        assert [m["id"] for m in history] == ids
+        await reader.ping()  # still connected: asked-for replies are not "falling behind"
+    finally:
+        await dep.close_all()
+        dep.stop()

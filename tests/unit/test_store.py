@@ -174,3 +174,13 @@ async def test_presence_spans_gateways_and_ignores_dead_ones(
     assert await store.online(stale_ms=15_000) == ["alice", "dave"]
     await store.gateway_gone("gw1")
     assert await store.online(stale_ms=15_000) == []
+
+
+async def test_a_direct_conversation_is_registered_before_its_first_message(
+    store: Store,
+) -> None:
+    # The send fails after registering (no such message to reply to): registering
+    # comes first, so a recipient logging in meanwhile cannot miss the message.
+    with pytest.raises(ClientError):
+        await store.send("yan", "dm:yan:zoe", "zoe", "hi", reply_to="1-0")
+    assert await store.conversations("zoe") == ["#general", "dm:yan:zoe"]
