@@ -14,6 +14,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,11 +23,14 @@ from typing import Any, Final, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import ClientError
 from gateway.keys import GENERAL, Keys, dm_conversation, is_room
 from gateway.protocol import Message
+
+log = logging.getLogger("redchat.store")
 
 __all__ = ["REDIS_DOWN", "Account", "SendResult", "Store", "hash_password", "verify_password"]
 
@@ -127,6 +131,29 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(got, expected)
 
 
+_CACHE_MAX: Final = 100_000
+
+
+@dataclass(slots=True)
+class _PendingSend:
+    keys: tuple[str, str]
+    args: list[Any]
+    log_key: str
+    log_fields: dict[str, str]
+    register: tuple[str, str, str] | None  # (sender's set, recipient's set, conversation)
+    future: asyncio.Future[tuple[int, str]]
+
+
+def _kinds(batch: list[_PendingSend]) -> list[str]:
+    """What each queued pipeline command of a batch is, in order."""
+    out: list[str] = []
+    for item in batch:
+        if item.register is not None:
+            out += ["sadd", "sadd"]
+        out.append("eval")
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Account:
     name: str  # display case, as first claimed
@@ -189,6 +216,11 @@ class Store:
         self._advance = redis.register_script(_ADVANCE_LUA)
         self._count = redis.register_script(_COUNT_LUA)
         self._claim = redis.register_script(_CLAIM_LUA)
+        self._sends: list[_PendingSend] = []
+        self._flush_scheduled = False
+        self._flushes: set[asyncio.Task[None]] = set()
+        self._registered: set[str] = set()  # direct conversations known to be in both sets
+        self._names: dict[str, str] = {}  # lower-case name -> display name
 
     # -- lifetime -------------------------------------------------------------
     def min_id(self) -> str:
@@ -206,8 +238,18 @@ class Store:
 
     # -- accounts ---------------------------------------------------------------
     async def display_name(self, user: str) -> str | None:
+        """A name's display case, or None if nobody claimed it (claimed names are cached)."""
+        key = user.lower()
+        cached = self._names.get(key)
+        if cached is not None:
+            return cached
         name = await self.redis.hget(self.keys.account(user), "name")
-        return None if name is None else str(name)
+        if name is None:
+            return None
+        if len(self._names) >= _CACHE_MAX:
+            self._names.clear()
+        self._names[key] = str(name)
+        return str(name)
 
     async def login(self, user: str, password: str) -> Account:
         """Claim ``user`` with ``password`` or check the password of an existing name."""
@@ -250,6 +292,8 @@ class Store:
         """Store a message and publish it, in one atomic step; then log it.
 
         ``sender`` and ``to`` are display names (``to`` is ``#room`` for rooms).
+        Sends made in the same loop turn, from any session, share one pipeline for
+        the atomic steps and one for the logs (see ``_flush_sends``).
         """
         k = self.keys
         stream = k.stream(conversation)
@@ -276,30 +320,110 @@ class Store:
             json_tail,
             *channels,
         ]
-        if not is_room(conversation):
-            # Before the message exists, so a recipient logging in right now either
-            # finds the conversation or is already subscribed when it is published.
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.sadd(k.conversations(sender), conversation)
-                pipe.sadd(k.conversations(to), conversation)
-                await pipe.execute()
+        log_fields = {"id": "", "to": to, "text": text}
+        if reply_to:
+            log_fields["reply_to"] = reply_to
+        register = None
+        if not is_room(conversation) and conversation not in self._registered:
+            register = (k.conversations(sender), k.conversations(to), conversation)
         cid_key = k.sent(conversation, sender, cid) if cid else stream
-        status, sid = await self._send(keys=[stream, cid_key], args=args)
-        sid = str(sid)
+        pending = _PendingSend(
+            keys=(stream, cid_key),
+            args=args,
+            log_key=k.log(sender),
+            log_fields=log_fields,
+            register=register,
+            future=asyncio.get_running_loop().create_future(),
+        )
+        self._sends.append(pending)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_flush)
+        status, sid = await pending.future
         if status == -1:
             raise ClientError("not_found", f"no message {reply_to} in {to}")
-        if status == 0:
-            return SendResult(sid, duplicate=True)
+        return SendResult(sid, duplicate=status == 0)
+
+    def _start_flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._sends = self._sends, []
+        task = asyncio.create_task(self._flush_sends(batch))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush_sends(self, batch: list[_PendingSend]) -> None:
+        """One round trip for every atomic step of the batch, one for their logs.
+
+        A direct conversation is registered with both users (SADD) before its
+        first message exists, so a recipient logging in meanwhile either finds
+        it or is already subscribed when the message is published.
+        """
+        try:
+            results = await self._run_send_scripts(batch)
+        except Exception as exc:
+            for item in batch:
+                item.future.set_exception(exc)
+            return
+        try:
+            await self._write_logs(batch, results)
+        except REDIS_DOWN as exc:
+            # The messages are stored (that is what an ack promises); only the
+            # senders' own logs miss them.
+            log.warning("stored %d message(s) but could not log them: %s", len(batch), exc)
+        for item, result in zip(batch, results, strict=True):
+            if isinstance(result, Exception):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result((int(result[0]), str(result[1])))
+
+    async def _write_logs(self, batch: list[_PendingSend], results: list[Any]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
-            log = k.log(sender)
-            fields = {"id": sid, "to": to, "text": text}
-            if reply_to:
-                fields["reply_to"] = reply_to
-            pipe.xadd(log, fields, maxlen=self.history_max_len, approximate=True)  # type: ignore[arg-type]
-            if self.message_ttl_s:
-                pipe.xtrim(log, minid=min_id, approximate=True)
-            await pipe.execute()
-        return SendResult(sid, duplicate=False)
+            stored = False
+            for item, result in zip(batch, results, strict=True):
+                if isinstance(result, Exception) or result[0] != 1:
+                    continue  # refused, or a retry of a message logged the first time
+                stored = True
+                # Capped here; trimmed by lifetime by the worker (reads filter it anyway).
+                fields = dict(item.log_fields, id=result[1])
+                pipe.xadd(
+                    item.log_key,
+                    fields,  # type: ignore[arg-type]
+                    maxlen=self.history_max_len,
+                    approximate=True,
+                )
+            if stored:
+                await pipe.execute()
+
+    async def _run_send_scripts(self, batch: list[_PendingSend]) -> list[Any]:
+        """The send script for each item (with its SADDs first); a result or an error each."""
+        for attempt in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for item in batch:
+                    if item.register is not None:
+                        own, other, conversation = item.register
+                        pipe.sadd(own, conversation)
+                        pipe.sadd(other, conversation)
+                    pipe.evalsha(self._send.sha, 2, *item.keys, *item.args)
+                raw = await pipe.execute(raise_on_error=False)
+            results = [r for r, kind in zip(raw, _kinds(batch), strict=True) if kind == "eval"]
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
+                await self.redis.script_load(_SEND_LUA)  # Redis restarted empty: load, redo
+                continue
+            break
+        for item in batch:
+            if item.register is not None:
+                self._remember_registered(item.register[2])
+        return results
+
+    def _remember_registered(self, conversation: str) -> None:
+        if len(self._registered) >= _CACHE_MAX:
+            self._registered.clear()
+        self._registered.add(conversation)
+
+    def forget_cached(self) -> None:
+        """Redis may have lost data (it restarted): look everything up again."""
+        self._registered.clear()
+        self._names.clear()
 
     async def read_after(self, conversation: str, after: str | None, count: int) -> list[Message]:
         """Up to ``count`` live messages after ``after``, oldest first."""
@@ -362,11 +486,19 @@ class Store:
         """Save delivered ids: {user: {conversation: id}}; a cursor never moves back."""
         if not items:
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for user, convs in items.items():
-                args = [x for pair in convs.items() for x in pair]
-                await self._advance(keys=[self.keys.cursors(user)], args=args, client=pipe)
-            await pipe.execute()
+        for attempt in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for user, convs in items.items():
+                    args = [x for pair in convs.items() for x in pair]
+                    pipe.evalsha(self._advance.sha, 1, self.keys.cursors(user), *args)
+                results = await pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
+                await self.redis.script_load(_ADVANCE_LUA)
+                continue
+            for r in results:
+                if isinstance(r, Exception):
+                    raise r
+            return
 
     # -- presence -------------------------------------------------------------
     async def heartbeat(self, gateway: str, users: Mapping[str, int] | None, ttl_s: float) -> None:

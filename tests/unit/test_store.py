@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -184,3 +185,34 @@ async def test_a_direct_conversation_is_registered_before_its_first_message(
     with pytest.raises(ClientError):
         await store.send("yan", "dm:yan:zoe", "zoe", "hi", reply_to="1-0")
     assert await store.conversations("zoe") == ["#general", "dm:yan:zoe"]
+
+
+async def test_concurrent_sends_share_a_batch_and_fail_one_by_one(
+    store: Store, redis: fakeredis.FakeAsyncRedis
+) -> None:
+    first = await store.send("a", "#general", "#general", "first")
+    sends = [store.send("a", "#general", "#general", f"m{i}") for i in range(20)]
+    sends.insert(7, store.send("b", "#general", "#general", "bad reply", reply_to="1-0"))
+    sends.append(store.send("a", "#general", "#general", "good reply", reply_to=first.id))
+    results = await asyncio.gather(*sends, return_exceptions=True)
+    errors = [r for r in results if isinstance(r, Exception)]
+    assert len(errors) == 1 and isinstance(errors[0], ClientError)
+    assert errors[0].code == "not_found"
+    ids = [r.id for r in results if not isinstance(r, BaseException)]
+    assert len(set(ids)) == 21
+    assert await redis.xlen("t:{c:#general}:stream") == 22
+    assert [m.text for m in await store.log("a", 100)][-1] == "good reply"
+    assert len(await store.log("a", 100)) == 22
+
+
+async def test_sends_and_cursors_survive_redis_forgetting_its_scripts(
+    store: Store, redis: fakeredis.FakeAsyncRedis
+) -> None:
+    await store.send("a", "dm:a:b", "b", "before")
+    await store.advance_cursors({"a": {"#general": "5-0"}})
+    await redis.script_flush()  # as after a restart without persistence
+    store.forget_cached()
+    after = await store.send("a", "dm:a:b", "b", "after")
+    await store.advance_cursors({"a": {"#general": "6-0"}})
+    assert [m.id for m in await store.read_after("dm:a:b", None, 10)][-1] == after.id
+    assert await store.cursors("a") == {"#general": "6-0"}
