@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
@@ -271,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if limit < need:
         print(f"redchat-bench: open-file limit {limit} < {need}; raise ulimit -n", file=sys.stderr)
         return 2
+    # SIGTERM takes the Ctrl-C path, whose `finally` stops every server started.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     runner: Any = asyncio.run
     try:
         import uvloop

@@ -57,7 +57,7 @@ class GatewaySettings(StoreSettings):
     login_fail_window_s: int = opt(60, "seconds the failed-login count is kept")
     scrypt_n: int = opt(1 << 14, "scrypt cost (N) for new passwords")
     cursor_flush_s: float = opt(0.5, "how often delivered-message cursors are saved")
-    write_coalesce_s: float = opt(0.002, "under load, most time output waits to share a write")
+    write_coalesce_s: float = opt(0.005, "under load, most time output waits to share a write")
     heartbeat_s: float = opt(5.0, "how often the gateway refreshes its presence in Redis")
     shutdown_timeout_s: float = opt(5.0, "seconds to drain clients on SIGTERM")
     uvloop: bool = opt(True, "use uvloop when it is installed")
