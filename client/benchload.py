@@ -543,24 +543,10 @@ async def fanout(target: Target, run: Run) -> dict[str, float]:
         s.index, s.to, s.total = i, GENERAL.encode(), p.messages
     # Senders check what they receive too, but only receivers count as deliveries.
     checks = [c.check for c in rx if c.check is not None]
-    meter = CostMeter(target.server_pids())
-    start, end = await _stream(
-        run, f"fanout {target.label}", tx, checks, p.receivers * p.senders * p.messages
+    sent = p.senders * p.messages
+    return await _measured_stream(
+        target, run, "fanout", tx, checks, rx + tx, sent, sent * p.receivers
     )
-    costs = meter.result()
-    _check_problems(run, rx + tx)
-    _close(rx + tx)
-    delivered = sum(c.counted for c in checks)
-    secs = max(end - start, 1e-9)
-    return {
-        "deliveries": delivered,
-        "seconds": round(secs, 3),
-        "deliveries_per_s": round(delivered / secs),
-        "server_cpu_us_per_delivery": _cpu_per(costs, delivered),
-        "messages_per_s": round(p.senders * p.messages / secs, 1),
-        **_latency_metrics(run),
-        **costs,
-    }
 
 
 async def direct(target: Target, run: Run) -> dict[str, float]:
@@ -576,13 +562,27 @@ async def direct(target: Target, run: Run) -> dict[str, float]:
         peer = clients[i ^ 1]
         c.index, c.to, c.total = i, peer.name.encode(), p.messages
     checks = [c.check for c in clients if c.check is not None]
+    sent = 2 * p.pairs * p.messages
+    return await _measured_stream(target, run, "direct", clients, checks, clients, sent, sent)
+
+
+async def _measured_stream(
+    target: Target,
+    run: Run,
+    name: str,
+    senders: list[BenchClient],
+    checks: list[DeliveryCheck],
+    everyone: list[BenchClient],
+    sent: int,
+    expected: int,
+) -> dict[str, float]:
+    """Send ``sent`` messages, wait for the ``expected`` deliveries that ``checks``
+    count, check every client, and report rates, latency and server cost."""
     meter = CostMeter(target.server_pids())
-    start, end = await _stream(
-        run, f"direct {target.label}", clients, checks, 2 * p.pairs * p.messages
-    )
+    start, end = await _stream(run, f"{name} {target.label}", senders, checks, expected)
     costs = meter.result()
-    _check_problems(run, clients)
-    _close(clients)
+    _check_problems(run, everyone)
+    _close(everyone)
     delivered = sum(c.counted for c in checks)
     secs = max(end - start, 1e-9)
     return {
@@ -590,6 +590,7 @@ async def direct(target: Target, run: Run) -> dict[str, float]:
         "seconds": round(secs, 3),
         "deliveries_per_s": round(delivered / secs),
         "server_cpu_us_per_delivery": _cpu_per(costs, delivered),
+        "messages_per_s": round(sent / secs, 1),
         **_latency_metrics(run),
         **costs,
     }

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "ChatClient",
     "ChatError",
     "Connection",
     "ConnectionClosed",
     "LoginResult",
-    "Requests",
     "conversation_of",
     "id_key",
 ]
@@ -69,11 +69,22 @@ def id_key(sid: str) -> tuple[int, int]:
         return (0, 0)
 
 
-class Requests:
-    """The read-only requests, for any client class that can ``request(op, **fields)``."""
+class ChatClient:
+    """What every client offers, given ``request(op, **fields)`` and ``next_event()``."""
 
     async def request(self, op: str, timeout: float | None = 30.0, **fields: Any) -> Any:
         raise NotImplementedError
+
+    async def next_event(self, timeout: float | None = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Every event until the client has ended."""
+        while True:
+            try:
+                yield await self.next_event()
+            except ConnectionClosed:
+                return
 
     async def history(
         self, with_: str, limit: int | None = None, before: str | None = None
@@ -94,7 +105,7 @@ class Requests:
         return dict(await self.request("status"))
 
 
-class Connection(Requests):
+class Connection(ChatClient):
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
         self._writer = writer
@@ -180,13 +191,6 @@ class Connection(Requests):
             self._events.put_nowait(None)  # stay closed for later callers
             raise ConnectionClosed(self.close_reason or "connection closed")
         return ev
-
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
-        while True:
-            try:
-                yield await self.next_event()
-            except ConnectionClosed:
-                return
 
     async def messages(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
         """Wait for ``count`` message events (other events are skipped)."""

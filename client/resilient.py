@@ -32,16 +32,16 @@ import enum
 import random
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from client.connection import (
+    ChatClient,
     ChatError,
     Connection,
     ConnectionClosed,
     LoginResult,
-    Requests,
     conversation_of,
     id_key,
 )
@@ -147,7 +147,7 @@ class Outgoing:
         return self.id
 
 
-class ResilientClient(Requests):
+class ResilientClient(ChatClient):
     def __init__(
         self,
         user: str,
@@ -276,13 +276,6 @@ class ResilientClient(Requests):
             self._ended = True
             raise ConnectionClosed(self.link.reason or "closed")
         return ev
-
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
-        while True:
-            try:
-                yield await self.next_event()
-            except ConnectionClosed:
-                return
 
     async def close(self) -> None:
         """Say goodbye and stop; unacked sends are abandoned (``flush`` first to keep them)."""

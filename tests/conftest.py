@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Deployment, RedisServer
+from tests.support import Deployment, RedisServer, running
 
 
 @pytest.fixture(scope="session")
@@ -24,9 +24,5 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture
 async def deployment(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Deployment]:
-    dep = Deployment(redis_server, tmp_path).start()
-    try:
+    async with running(Deployment(redis_server, tmp_path)) as dep:
         yield dep
-    finally:
-        await dep.close_all()
-        dep.stop()

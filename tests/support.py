@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from client.connection import Connection
@@ -224,6 +224,20 @@ class Deployment:
         client = await TextClient.open(self.port)
         self._texts.append(client)
         return client
+
+
+@contextlib.asynccontextmanager
+async def running(dep: Deployment) -> AsyncIterator[Deployment]:
+    """Start a deployment; at the end close its clients, stop it (a gateway that
+    ignores SIGTERM fails the test) and print its logs, which pytest shows when
+    the test failed."""
+    dep.start()
+    try:
+        yield dep
+    finally:
+        await dep.close_all()
+        dep.stop()
+        print(dep.logs()[-6000:])
 
 
 class TextClient:

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from client.connection import ChatError, Connection
-from tests.support import Deployment, RedisServer, TextClient
+from tests.support import Deployment, RedisServer, TextClient, running
 
 
 async def redis_for(dep: Deployment) -> aioredis.Redis:
@@ -265,8 +265,9 @@ async def test_control_characters_are_escaped_for_text_readers(deployment: Deplo
 async def test_connection_that_never_logs_in_is_closed(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    dep = Deployment(redis_server, tmp_path, gateways=1, extra=["--login-timeout-s", "1"]).start()
-    try:
+    async with running(
+        Deployment(redis_server, tmp_path, gateways=1, extra=["--login-timeout-s", "1"])
+    ) as dep:
         t = await dep.text()
         await t.send("/help\n")
         await t.expect(r"not_logged_in.*no login within 1 s", timeout=5)
@@ -276,9 +277,6 @@ async def test_connection_that_never_logs_in_is_closed(
         conn = await dep.login("ruth")  # logging in in time is fine
         await asyncio.sleep(1.5)
         await conn.ping()
-    finally:
-        await dep.close_all()
-        dep.stop()
 
 
 # -- lifetime ------------------------------------------------------------------------------------
@@ -290,38 +288,37 @@ async def test_expired_messages_are_gone_and_trimmed_by_the_worker(
     import subprocess
     import sys
 
-    dep = Deployment(redis_server, tmp_path, gateways=1, extra=["--message-ttl", "1"]).start()
-    worker = None
-    try:
-        sam = await dep.login("sam")
-        await sam.send("#general", "short-lived")
-        await sam.send("#general", "also short-lived")
-        await asyncio.sleep(1.3)
-        assert await sam.history("#general") == []
-        assert await sam.log() == []
-        fresh = await dep.connect()
-        assert (await fresh.login("tia", "pw")).replayed == []
-        r = await redis_for(dep)
-        stream = f"{dep.prefix}:{{c:#general}}:stream"
-        assert await r.xlen(stream) == 2  # still in Redis until trimmed
-        worker = subprocess.Popen(  # noqa: ASYNC220 - started once, never awaited on
-            [sys.executable, "-m", "worker", "--redis", dep.redis.url, "--prefix", dep.prefix,
-             "--message-ttl", "1", "--trim-interval-s", "0.2"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        for _ in range(100):
-            if await r.xlen(stream) == 0 and await r.xlen(f"{dep.prefix}:{{u:sam}}:log") == 0:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("the worker did not trim expired messages")
-        await r.aclose()
-    finally:
-        if worker is not None:
-            worker.terminate()
-            assert worker.wait(10) == 0
-        await dep.close_all()
-        dep.stop()
+    deployment = Deployment(redis_server, tmp_path, gateways=1, extra=["--message-ttl", "1"])
+    async with running(deployment) as dep:
+        worker = None
+        try:
+            sam = await dep.login("sam")
+            await sam.send("#general", "short-lived")
+            await sam.send("#general", "also short-lived")
+            await asyncio.sleep(1.3)
+            assert await sam.history("#general") == []
+            assert await sam.log() == []
+            fresh = await dep.connect()
+            assert (await fresh.login("tia", "pw")).replayed == []
+            r = await redis_for(dep)
+            stream = f"{dep.prefix}:{{c:#general}}:stream"
+            assert await r.xlen(stream) == 2  # still in Redis until trimmed
+            worker = subprocess.Popen(  # noqa: ASYNC220 - started once, never awaited on
+                [sys.executable, "-m", "worker", "--redis", dep.redis.url, "--prefix", dep.prefix,
+                 "--message-ttl", "1", "--trim-interval-s", "0.2"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            for _ in range(100):
+                if await r.xlen(stream) == 0 and await r.xlen(f"{dep.prefix}:{{u:sam}}:log") == 0:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the worker did not trim expired messages")
+            await r.aclose()
+        finally:
+            if worker is not None:
+                worker.terminate()
+                assert worker.wait(10) == 0
 
 
 async def test_gateway_logs_actions_with_user_and_gateway(deployment: Deployment) -> None:
@@ -362,10 +359,9 @@ async def test_text_client_helper_is_real(deployment: Deployment) -> None:
 async def test_history_larger_than_the_outbox_is_paced_not_cut(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    dep = Deployment(
-        redis_server, tmp_path, gateways=1, extra=["--max-outbox-bytes", "65536"]
-    ).start()
-    try:
+    async with running(
+        Deployment(redis_server, tmp_path, gateways=1, extra=["--max-outbox-bytes", "65536"])
+    ) as dep:
         writer = await dep.login("wes")
         reader = await dep.login("xia")
         ids = [await writer.send("xia", f"{i:03d} " + "y" * 3000) for i in range(60)]
@@ -373,6 +369,3 @@ async def test_history_larger_than_the_outbox_is_paced_not_cut(
         history = await reader.history("wes", limit=200)  # ~180 KB, three times the bound
         assert [m["id"] for m in history] == ids
         await reader.ping()  # still connected: asked-for replies are not "falling behind"
-    finally:
-        await dep.close_all()
-        dep.stop()

@@ -24,7 +24,7 @@ from tests.integration.faults import (
     wait_delivered,
     wait_log,
 )
-from tests.support import Deployment, RedisServer
+from tests.support import Deployment, RedisServer, running
 
 USERS = ["ann", "ben", "cat", "dan", "eve", "fay"]
 PARTNER = {"ann": "ben", "ben": "ann", "cat": "dan", "dan": "cat", "eve": "fay", "fay": "eve"}
@@ -32,13 +32,8 @@ PARTNER = {"ann": "ben", "ben": "ann", "cat": "dan", "dan": "cat", "eve": "fay",
 
 @pytest.fixture
 async def dep(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Deployment]:
-    d = Deployment(redis_server, tmp_path).start()
-    try:
+    async with running(Deployment(redis_server, tmp_path)) as d:
         yield d
-    finally:
-        await d.close_all()
-        d.stop()
-        print(d.logs()[-6000:])  # shown by pytest when the test fails
 
 
 async def join_all(dep: Deployment) -> list[Member]:

@@ -28,7 +28,7 @@ from tests.integration.faults import (
     wait_delivered,
     wait_log,
 )
-from tests.support import ROOT, Deployment, RedisServer, wait_for
+from tests.support import ROOT, Deployment, RedisServer, running, wait_for
 
 
 @pytest.fixture
@@ -42,13 +42,8 @@ def own_redis(tmp_path: Path) -> Iterator[list[RedisServer]]:
 
 @pytest.fixture
 async def dep(own_redis: list[RedisServer], tmp_path: Path) -> AsyncIterator[Deployment]:
-    d = Deployment(own_redis[0], tmp_path).start()
-    try:
+    async with running(Deployment(own_redis[0], tmp_path)) as d:
         yield d
-    finally:
-        await d.close_all()
-        d.stop()
-        print(d.logs()[-6000:])  # shown by pytest when the test fails
 
 
 def restart_redis(holder: list[RedisServer]) -> RedisServer:

@@ -29,7 +29,7 @@ from tests.integration.faults import (
     wait_delivered,
     wait_log,
 )
-from tests.support import Deployment, RedisServer
+from tests.support import Deployment, RedisServer, running
 
 FLOOD = 10_000
 TEXT_CHARS = 1000
@@ -46,13 +46,10 @@ def flood_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 async def dep(flood_redis: RedisServer, tmp_path: Path) -> AsyncIterator[Deployment]:
-    d = Deployment(flood_redis, tmp_path, extra=["--max-outbox-bytes", str(OUTBOX)]).start()
-    try:
+    async with running(
+        Deployment(flood_redis, tmp_path, extra=["--max-outbox-bytes", str(OUTBOX)])
+    ) as d:
         yield d
-    finally:
-        await d.close_all()
-        d.stop()
-        print(d.logs()[-6000:])  # shown by pytest when the test fails
 
 
 class Stalled:
