@@ -260,8 +260,7 @@ class Session(asyncio.Protocol):
             return
         if self.transport.is_closing():
             return  # already cut off or saying goodbye: nothing more is queued
-        queued = self.transport.get_write_buffer_size() + self._out_bytes + len(data)
-        if bounded and queued > self.settings.max_outbox_bytes:
+        if bounded and self._queued() + len(data) > self.settings.max_outbox_bytes:
             self._slow_consumer()
             return
         self._out.append(data)
@@ -291,8 +290,6 @@ class Session(asyncio.Protocol):
             self.peer,
             self.settings.max_outbox_bytes,
         )
-        self._out.clear()
-        self._out_bytes = 0
         self.close_with(
             Error("slow_consumer", "you fell too far behind; reconnect to catch up"),
             flush=False,
@@ -394,8 +391,6 @@ class Session(asyncio.Protocol):
                     Error("unavailable", "chat storage is unreachable; try again shortly", rid=rid)
                 )
                 self._log_error("unavailable", str(exc))
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 log.exception("bug while serving user=%s peer=%s", self.user, self.peer)
                 self.send_event(Error("internal", "internal error; it has been logged", rid=rid))
