@@ -71,7 +71,6 @@ class Hub:
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._cursors: dict[str, dict[str, str]] = {}  # user -> {conversation: id}
-        self.delivered = 0  # messages handed to sessions, for /status and the bench
         self._cursors_failing = False  # log an outage once, not at every flush
 
     @property
@@ -196,7 +195,6 @@ class Hub:
 
     # -- cursors ----------------------------------------------------------------
     def mark_delivered(self, user: str, conversation: str, message: Message) -> None:
-        self.delivered += 1
         # Called once per delivery: no throwaway dict as setdefault's default would make.
         cursors = self._cursors.get(user)
         if cursors is None:

@@ -27,8 +27,8 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import ClientError
-from gateway.keys import GENERAL, Keys, dm_conversation, is_room
-from gateway.protocol import Message
+from gateway.keys import GENERAL, Keys, is_room
+from gateway.protocol import Message, parse_stream_id
 
 log = logging.getLogger("redchat.store")
 
@@ -232,7 +232,7 @@ class Store:
     def _after(self, after: str | None) -> str:
         """XRANGE start for "after this id", never earlier than the lifetime allows."""
         floor = self.min_id()
-        if after is None or _older(after, floor):
+        if after is None or parse_stream_id(after) < parse_stream_id(floor):
             return floor
         return "(" + after
 
@@ -546,14 +546,3 @@ class Store:
             results: Sequence[Iterable[str]] = await pipe.execute()
         names = {str(n) for names in results for n in names}
         return sorted(names, key=str.lower)
-
-
-def dm_or_room(me: str, target: str) -> str:
-    """The conversation id for ``target`` (``#room`` or a user name) as seen by ``me``."""
-    return target if is_room(target) else dm_conversation(me, target)
-
-
-def _older(a: str, b: str) -> bool:
-    am, _, aseq = a.partition("-")
-    bm, _, bseq = b.partition("-")
-    return (int(am), int(aseq or 0)) < (int(bm), int(bseq or 0))
