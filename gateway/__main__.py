@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import logging
 import os
 import signal
@@ -40,7 +41,19 @@ async def serve(settings: GatewaySettings, redis_url: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await gateway.shutdown()
+    shutdown = asyncio.ensure_future(gateway.shutdown())
+    done, _ = await asyncio.wait({shutdown}, timeout=settings.shutdown_timeout_s + 5)
+    if not done:
+        log.error("shutdown is stuck; what is still running:\n%s", _task_stacks())
+        os._exit(1)  # the supervisor, or whoever sent SIGTERM, sees the failure
+    shutdown.result()
+
+
+def _task_stacks() -> str:
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=10, file=out)
+    return out.getvalue()
 
 
 def run_gateway(settings: GatewaySettings, redis_url: str) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from gateway.aio import stop_tasks
 from gateway.errors import ClientError
 from gateway.keys import GENERAL, Keys, dm_conversation
 from gateway.protocol import Message, message_from_dict
@@ -70,6 +71,7 @@ class Hub:
         self._sub: Subscriber | None = None
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self._cursors: dict[str, dict[str, str]] = {}  # user -> {conversation: id}
         self._cursors_failing = False  # log an outage once, not at every flush
 
@@ -92,9 +94,8 @@ class Hub:
         return True
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._stopping = True
+        await stop_tasks(self._tasks)
         await self.flush_cursors()
 
     # -- subscriptions ----------------------------------------------------------
@@ -144,7 +145,7 @@ class Hub:
     async def _run(self) -> None:
         backoff = 0.1
         connected_before = False
-        while True:
+        while not self._stopping:
             sub = Subscriber(self.redis_url)
             reader: asyncio.Task[None] | None = None
             try:
@@ -175,7 +176,7 @@ class Hub:
             backoff = min(backoff * 2, 2.0)
 
     async def _read(self, sub: Subscriber) -> None:
-        while True:
+        while not self._stopping:
             batch = await sub.read_batch()
             for channel, data in batch:
                 self._dispatch(channel, data)
@@ -222,6 +223,6 @@ class Hub:
             log.exception("could not save cursors")
 
     async def _flush_cursors_forever(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.cursor_flush_s)
             await self.flush_cursors()

@@ -20,6 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.connection import HiredisRespSerializer
 
+from gateway.aio import stop_tasks
 from gateway.keys import Keys
 from gateway.protocol import Notice
 from gateway.session import Flusher, Session, State
@@ -96,6 +97,7 @@ class Gateway:
         self._all_gone = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
@@ -132,9 +134,9 @@ class Gateway:
             if session.transport is not None:
                 session.transport.abort()
         await asyncio.sleep(0)
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._closing = True
+        self._presence_wake.set()
+        await stop_tasks(self._tasks)
         await self.hub.stop()
         with contextlib.suppress(*REDIS_DOWN):
             await self.store.gateway_gone(self.name)
@@ -186,7 +188,7 @@ class Gateway:
     # -- presence -------------------------------------------------------------------
     async def _presence_forever(self) -> None:
         ttl = self.settings.heartbeat_s * 3
-        while True:
+        while not self._closing:
             self._presence_wake.clear()
             dirty, self._presence_dirty = self._presence_dirty, set()
             try:
