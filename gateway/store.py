@@ -132,6 +132,8 @@ def verify_password(password: str, stored: str) -> bool:
 
 
 _CACHE_MAX: Final = 100_000
+# A retry comes within the 5-minute idempotency window: its entry, if written, is recent.
+_RETRY_LOG_LOOKBACK: Final = 200
 
 
 @dataclass(slots=True)
@@ -377,22 +379,45 @@ class Store:
                 item.future.set_result((int(result[0]), str(result[1])))
 
     async def _write_logs(self, batch: list[_PendingSend], results: list[Any]) -> None:
+        new = [
+            (item, str(r[1]))
+            for item, r in zip(batch, results, strict=True)
+            if not isinstance(r, Exception) and r[0] == 1
+        ]
+        retried = [
+            (item, str(r[1]))
+            for item, r in zip(batch, results, strict=True)
+            if not isinstance(r, Exception) and r[0] == 0
+        ]
+        if retried:
+            # A retry of a stored message: its first attempt may have died before
+            # logging it (the rare path, so the look costs nothing on the common one).
+            new += await self._not_logged(retried)
+        if not new:
+            return
         async with self.redis.pipeline(transaction=False) as pipe:
-            stored = False
-            for item, result in zip(batch, results, strict=True):
-                if isinstance(result, Exception) or result[0] != 1:
-                    continue  # refused, or a retry of a message logged the first time
-                stored = True
+            for item, sid in new:
                 # Capped here; trimmed by lifetime by the worker (reads filter it anyway).
-                fields = dict(item.log_fields, id=result[1])
                 pipe.xadd(
                     item.log_key,
-                    fields,  # type: ignore[arg-type]
+                    dict(item.log_fields, id=sid),  # type: ignore[arg-type]
                     maxlen=self.history_max_len,
                     approximate=True,
                 )
-            if stored:
-                await pipe.execute()
+            await pipe.execute()
+
+    async def _not_logged(
+        self, retried: list[tuple[_PendingSend, str]]
+    ) -> list[tuple[_PendingSend, str]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for item, _ in retried:
+                pipe.xrevrange(item.log_key, count=_RETRY_LOG_LOOKBACK)
+            recent: list[Entries] = await pipe.execute()
+        return [
+            (item, sid)
+            for (item, sid), entries in zip(retried, recent, strict=True)
+            if all(fields.get("id") != sid for _, fields in entries or [])
+        ]
 
     async def _run_send_scripts(self, batch: list[_PendingSend]) -> list[Any]:
         """The send script for each item (with its SADDs first); a result or an error each."""

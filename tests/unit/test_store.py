@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import fakeredis
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.errors import ClientError
 from gateway.keys import Keys, dm_conversation
@@ -216,3 +218,30 @@ async def test_sends_and_cursors_survive_redis_forgetting_its_scripts(
     await store.advance_cursors({"a": {"#general": "6-0"}})
     assert [m.id for m in await store.read_after("dm:a:b", None, 10)][-1] == after.id
     assert await store.cursors("a") == {"#general": "6-0"}
+
+
+async def test_a_retry_logs_a_stored_message_whose_log_write_was_lost(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await store.send("a", "#general", "#general", "keep me", cid="c9")
+    again = await store.send("a", "#general", "#general", "keep me", cid="c9")
+    assert again.duplicate
+    assert [m.id for m in await store.log("a", 10)] == [first.id]  # a plain retry: once
+
+    write_logs = store._write_logs
+    lost_once = False
+
+    async def lose_the_first_log_write(batch: Any, results: Any) -> None:
+        nonlocal lost_once
+        if not lost_once:
+            lost_once = True
+            raise RedisConnectionError("link dropped after the message was stored")
+        await write_logs(batch, results)
+
+    monkeypatch.setattr(store, "_write_logs", lose_the_first_log_write)
+    lost = await store.send("a", "#general", "#general", "log me", cid="c10")
+    assert not lost.duplicate  # stored, so acked, though its log entry was lost
+    assert [m.id for m in await store.log("a", 10)] == [first.id]
+    retry = await store.send("a", "#general", "#general", "log me", cid="c10")
+    assert retry.id == lost.id and retry.duplicate
+    assert [m.id for m in await store.log("a", 10)] == [first.id, lost.id]
