@@ -75,10 +75,6 @@ class Hub:
         self._cursors: dict[str, dict[str, str]] = {}  # user -> {conversation: id}
         self._cursors_failing = False  # log an outage once, not at every flush
 
-    @property
-    def ready(self) -> bool:
-        return self._ready.is_set()
-
     async def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._run(), name="hub-pubsub"),

@@ -21,6 +21,7 @@ from redis.backoff import NoBackoff
 from redis.connection import HiredisRespSerializer
 
 from gateway.aio import stop_tasks
+from gateway.hub import Hub
 from gateway.keys import Keys
 from gateway.protocol import Notice
 from gateway.session import Flusher, Session, State
@@ -77,9 +78,6 @@ class Gateway:
             login_fail_window_s=settings.login_fail_window_s,
             scrypt_n=settings.scrypt_n,
         )
-        # Imported here to keep the hub free of any dependency on this module.
-        from gateway.hub import Hub
-
         self.hub = Hub(
             redis_url,
             self.keys,

@@ -581,12 +581,11 @@ class Session(asyncio.Protocol):
             return
         self._to(State.SYNCING)
         try:
+            cursors = await self.gw.store.cursors(self.user)
             for conversation in await self.gw.store.conversations(self.user):
+                # This session's own position, not the user's: another client may be ahead.
                 last = self.last_sent.get(conversation)
-                after = None if last is None else f"{last[0]}-{last[1]}"
-                if after is None:
-                    cursors = await self.gw.store.cursors(self.user)
-                    after = cursors.get(conversation)
+                after = cursors.get(conversation) if last is None else f"{last[0]}-{last[1]}"
                 await self._replay_after(conversation, after)
         except REDIS_DOWN:
             # Going live now could hide a gap: the client comes back and resumes instead.

@@ -51,7 +51,12 @@ class FakeTransport:
 
 
 class FailingStore:
+    """Every read fails, as when Redis goes away again during a re-sync."""
+
     async def conversations(self, user: str) -> list[str]:
+        raise RedisConnectionError("Redis went away again")
+
+    async def cursors(self, user: str) -> dict[str, str]:
         raise RedisConnectionError("Redis went away again")
 
 
