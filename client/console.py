@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
@@ -37,21 +36,7 @@ from prompt_toolkit.output import Output
 from prompt_toolkit.shortcuts import print_formatted_text
 from prompt_toolkit.styles import Style
 
-from client.commands import (
-    COMMANDS,
-    HELP,
-    Command,
-    History,
-    Invalid,
-    Log,
-    Private,
-    Quit,
-    Reply,
-    Say,
-    ShowHelp,
-    Status,
-    parse,
-)
+from client.commands import COMMANDS, HELP, Invalid, parse
 from client.connection import ChatError, ConnectionClosed
 from client.render import (
     STYLE,
@@ -65,6 +50,17 @@ from client.render import (
     welcome_line,
 )
 from client.resilient import Backoff, LinkState, LinkStatus, ResilientClient
+from gateway.protocol import dumps
+from gateway.protocol.ops import (
+    Command,
+    GetHistory,
+    GetLog,
+    GetStatus,
+    Help,
+    Quit,
+    Send,
+    request_of,
+)
 
 __all__ = ["Chat", "ChatCompleter", "Console", "Options", "render_event", "run_script"]
 
@@ -167,44 +163,28 @@ class Chat:
         if not self.client.connected:
             self.output({"type": "link", "text": "not connected: sending after reconnecting"})
 
-    async def execute(self, cmd: Command) -> bool:
+    def parse(self, line: str) -> Command | Invalid | None:
+        return parse(line, self.ids.target)
+
+    async def execute(self, cmd: Command | Invalid) -> bool:
         """Run one command; False when it asks to quit."""
         match cmd:
             case Quit():
                 return False
-            case Say():
-                self.send(cmd.to, cmd.text)
-            case Private():
-                self.send(cmd.to, cmd.text)
-            case Reply():
-                target = self.ids.target(cmd.number)
-                if target is None:
-                    self.local_error("not_found", f"no message [{cmd.number}] on this screen")
-                else:
-                    conversation, message_id = target
-                    self.send(conversation, cmd.text, reply_to=message_id)
-            case ShowHelp():
+            case Send():
+                self.send(cmd.to, cmd.text, reply_to=cmd.reply_to)
+            case Help():
                 self.output({"type": "notice", "text": HELP})
             case Invalid():
-                self.local_error("bad_request", cmd.message)
-            case History() | Log() | Status():
+                self.local_error(cmd.code, cmd.message)
+            case GetHistory() | GetLog() | GetStatus():
                 await self._request(cmd)
+            case _:
+                self.local_error("bad_request", "not available in the console")
         return True
 
-    async def _request(self, cmd: History | Log | Status) -> None:
-        fields: dict[str, Any] = {}
-        match cmd:
-            case History():
-                op = "history"
-                fields["with"] = cmd.with_
-                if cmd.limit is not None:
-                    fields["limit"] = cmd.limit
-            case Log():
-                op = "log"
-                if cmd.limit is not None:
-                    fields["limit"] = cmd.limit
-            case Status():
-                op = "status"
+    async def _request(self, cmd: GetHistory | GetLog | GetStatus) -> None:
+        op, fields = request_of(cmd)
         try:
             reply = await self.client.request(op, timeout=self.request_timeout_s, **fields)
         except ChatError as exc:
@@ -374,12 +354,12 @@ class Console:
                     line = await session.prompt_async(lambda: f"{client.user}> ")
                 except (EOFError, KeyboardInterrupt):
                     break
-                cmd = parse(line)
+                cmd = chat.parse(line)
                 if cmd is None:
                     continue
                 if isinstance(cmd, Quit):
                     break
-                if isinstance(cmd, History | Log | Status):
+                if isinstance(cmd, GetHistory | GetLog | GetStatus):
                     self._spawn(chat.execute(cmd))  # keep the prompt responsive
                 else:
                     await chat.execute(cmd)
@@ -451,7 +431,7 @@ async def run_script(options: Options, stdin: IO[str], stdout: IO[str], stderr: 
 
     def write(ev: dict[str, Any]) -> None:
         if options.json:
-            stdout.write(json.dumps(ev, ensure_ascii=True) + "\n")
+            stdout.write(dumps(ev).decode())  # the server's own compact JSON lines
         else:
             for line in render_event(ev, me, ids):
                 stdout.write(plain(line) + "\n")
@@ -499,10 +479,10 @@ async def run_script(options: Options, stdin: IO[str], stdout: IO[str], stderr: 
     threading.Thread(target=_read_lines, args=(stdin, loop, lines), daemon=True).start()
     sent = []
     while (line := await lines.get()) is not None:
-        cmd = parse(line)
+        cmd = chat.parse(line)
         if cmd is None:
             continue
-        if isinstance(cmd, History | Log | Status):
+        if isinstance(cmd, GetHistory | GetLog | GetStatus):
             await client.flush()  # answers reflect the lines above them, as in the script
         before = len(client.unacked)
         if not await chat.execute(cmd):

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Final
 
-from gateway.protocol import printable
+from gateway.protocol import ShortIds, printable
 
 __all__ = [
     "STYLE",
@@ -65,35 +64,6 @@ def name_class(name: str) -> str:
 
 def plain(fragments: Fragments) -> str:
     return "".join(text for _, text in fragments)
-
-
-class ShortIds:
-    """Per-session numbers for message ids; the last ``keep`` numbers stay usable."""
-
-    def __init__(self, keep: int = 1000) -> None:
-        self.keep = keep
-        self._numbers: OrderedDict[str, int] = OrderedDict()  # message id -> n
-        self._targets: dict[int, tuple[str, str]] = {}  # n -> (conversation, message id)
-        self._next = 1
-
-    def number(self, message_id: str, conversation: str) -> int:
-        n = self._numbers.get(message_id)
-        if n is None:
-            n = self._next
-            self._next += 1
-            self._numbers[message_id] = n
-            self._targets[n] = (conversation, message_id)
-            if len(self._numbers) > self.keep:
-                _, old = self._numbers.popitem(last=False)
-                self._targets.pop(old, None)
-        return n
-
-    def known(self, message_id: str) -> int | None:
-        return self._numbers.get(message_id)
-
-    def target(self, n: int) -> tuple[str, str] | None:
-        """(conversation, message id) of the message shown as [n], if still remembered."""
-        return self._targets.get(n)
 
 
 def _clock(ts: Any) -> str:

@@ -44,7 +44,12 @@ class GatewaySettings(StoreSettings):
     port: int = opt(8000, "TCP port shared by all gateway processes")
     processes: int = opt(1, "gateway processes sharing the port (SO_REUSEPORT)")
     with_worker: bool = opt(False, "also run a worker process (as `make run` does)")
-    name: str = opt("", "this gateway's name in logs and /status (default host:pid)")
+    name: str = opt(
+        "",
+        "name in logs and /status: a single gateway is named NAME, or"
+        " HOSTNAME:PID when empty; a supervisor names its gateways NAME-1 .. NAME-N,"
+        " or HOSTNAME-1 .. HOSTNAME-N when empty",
+    )
     history_size: int = opt(20, "messages of #general a new user is shown")
     replay_max: int = opt(10_000, "most unread messages replayed per conversation at login")
     max_line_bytes: int = opt(16_384, "longest line a client may send")
@@ -53,9 +58,24 @@ class GatewaySettings(StoreSettings):
     login_timeout_s: float = opt(60.0, "seconds a connection may stay without logging in")
     max_connections_per_ip: int = opt(0, "connections per client address, 0 for no limit")
     idempotency_ttl_s: int = opt(300, "how long a client id (cid) dedupes retried sends")
-    login_fail_limit: int = opt(5, "failed logins per name before it is throttled")
-    login_fail_window_s: int = opt(60, "seconds the failed-login count is kept")
+    login_fail_limit: int = opt(5, "wrong passwords for one name from one address per window")
+    login_fail_per_address: int = opt(50, "wrong passwords from one address per window, any name")
+    login_fail_per_name: int = opt(
+        100, "wrong passwords for one name per window, any address (known addresses exempt)"
+    )
+    login_fail_window_s: int = opt(300, "seconds a failed-login count is kept")
     scrypt_n: int = opt(1 << 14, "scrypt cost (N) for new passwords")
+    scrypt_threads: int = opt(1, "threads that check passwords (off the event loop)")
+    scrypt_queue: int = opt(32, "logins that may wait for a password check; more get rate_limited")
+    conn_send_rate: float = opt(5.0, "messages per second one connection may send; 0 for no cap")
+    conn_send_burst: int = opt(30, "messages a connection may send at once before the rate applies")
+    idle_timeout_s: float = opt(
+        3600.0, "close a connection that sends nothing for this long; 0 off"
+    )
+    stall_timeout_s: float = opt(30.0, "cut off a client that reads nothing for this long")
+    sndbuf_bytes: int = opt(
+        65536, "kernel send buffer per connection (SO_SNDBUF); 0 keeps the OS's"
+    )
     cursor_flush_s: float = opt(0.5, "how often delivered-message cursors are saved")
     write_coalesce_s: float = opt(0.005, "under load, most time output waits to share a write")
     heartbeat_s: float = opt(5.0, "how often the gateway refreshes its presence in Redis")
@@ -103,16 +123,33 @@ def parse_settings(
     argv: Sequence[str] | None = None,
     environ: Mapping[str, str] | None = None,
     prog: str | None = None,
+    description: str | None = None,
+    overrides: Mapping[str, str] | None = None,
 ) -> T:
-    """Build ``cls`` from defaults, then the environment, then ``argv``."""
+    """Build ``cls`` from defaults, then the environment, then ``argv``.
+
+    ``description`` opens ``--help``, wrapped as written (a dataclass's own ``__doc__``
+    is its signature, so it is never used); ``overrides`` maps a field name to the help text this
+    program shows for it instead of the field's own.
+    """
     env = os.environ if environ is None else environ
-    parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__)
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        usage="%(prog)s [options]",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keep its paragraphs
+        epilog="Every option is also an environment variable; a flag wins over it.",
+    )
+    help_for = dict(overrides or {})
+    if unknown := help_for.keys() - {f.name for f in dataclasses.fields(cls)}:  # type: ignore[arg-type]
+        raise ValueError(f"help overrides for unknown fields: {sorted(unknown)}")
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         flag, var = _flag(f), env_name(f)
         if var in env:
             values[f.name] = _convert(f.type, env[var], var)
-        help_text = f"{f.metadata['help']} [env {var}, default {f.default!r}]"
+        default = "" if f.default == "" else f", default {f.default!r}"
+        help_text = f"{help_for.get(f.name, f.metadata['help'])} [env {var}{default}]"
         if f.type in (bool, "bool"):
             parser.add_argument(
                 flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text

@@ -11,7 +11,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from client.connection import Connection
-from gateway.embedded_redis import find_redis_server, free_port
+from gateway.embedded_redis import RedisProcess, free_port, redis_answers, start_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,58 +34,41 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "
 
 
 class RedisServer:
-    """A redis-server child. ``persist`` turns on the append-only file."""
+    """A redis-server child, no snapshots. ``persist`` turns on the append-only file,
+    fsynced on every write so a kill -9 loses nothing acknowledged."""
 
     def __init__(self, workdir: Path, persist: bool = False, port: int | None = None) -> None:
         self.workdir = workdir
         self.persist = persist
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self._redis: RedisProcess | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [
-            find_redis_server(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.workdir),
-            "--save", "",
-            "--appendonly", "yes" if self.persist else "no",
-            "--appendfsync", "always",
-            "--logfile", "redis.log",
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
-        wait_for(self.ping, 10, "redis-server to answer")
+        self._redis = start_redis_server(
+            self.workdir, port=self.port, persist=self.persist, appendfsync="always", save=""
+        )
+        self.proc = self._redis.proc
         return self
 
     def ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+        return redis_answers(port=self.port)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self._redis is not None:
+            self._redis.stop(sig)
 
     def pause(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
+        assert self._redis is not None
+        self._redis.pause()
 
     def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
+        assert self._redis is not None
+        self._redis.resume()
 
 
 class GatewayProcess:
@@ -114,6 +96,8 @@ class GatewayProcess:
             *self.extra,
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("REDCHAT_")}
+        # Tests send in bursts; the per-connection cap has tests of its own (--conn-send-rate).
+        env["REDCHAT_CONN_SEND_RATE"] = "0"
         self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(

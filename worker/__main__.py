@@ -1,8 +1,13 @@
-"""``redchat-worker --redis URL``: run the background jobs until SIGTERM or Ctrl-C."""
+"""``redchat-worker --redis URL``: run the background jobs until SIGTERM or Ctrl-C.
+
+Under the gateway's supervisor it also beats on the supervisor's heartbeat pipe and
+leaves when the supervisor dies (the helpers live in ``gateway.__main__``).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -10,16 +15,32 @@ import socket
 import sys
 from collections.abc import Sequence
 
+from redis.exceptions import RedisError
+
+from gateway.__main__ import follow_supervisor, start_heartbeat
 from gateway.errors import ConfigError
-from gateway.keys import Keys
 from gateway.logs import configure_logging
-from gateway.server import make_redis
 from gateway.settings import WorkerSettings, parse_settings
+from gateway.store import Keys, make_redis
 from worker.janitor import trim_forever
 
 __all__ = ["main"]
 
 log = logging.getLogger("redchat.worker")
+
+STOP_TIMEOUT_S = 5.0
+
+DESCRIPTION = """\
+Run the redchat background jobs against the Redis given by --redis (required)
+until SIGTERM or Ctrl-C: every --trim-interval-s seconds, trim history past
+--message-ttl and --history-max-len, also in conversations nobody writes to any
+more. Any number of workers may run at once. The worker never starts a Redis of
+its own: `redchat-gateway --with-worker` runs one next to the gateways."""
+
+HELP_OVERRIDES = {
+    "redis_url": "Redis URL, required: the worker never starts an embedded Redis",
+    "data_dir": "unused by the worker (where the gateway's embedded Redis keeps its files)",
+}
 
 
 async def run(settings: WorkerSettings) -> None:
@@ -40,24 +61,51 @@ async def run(settings: WorkerSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    start_heartbeat(loop)
     log.info("worker running (trim every %g s)", settings.trim_interval_s)
     await stop.wait()
-    for job in jobs:
-        job.cancel()
-    await asyncio.gather(*jobs, return_exceptions=True)
-    await redis.aclose()
+    log.info("worker stopping")
+    if not await _cancel(jobs, STOP_TIMEOUT_S):
+        log.error("jobs did not stop within %g s; exiting anyway", STOP_TIMEOUT_S)
+        os._exit(1)  # whoever sent SIGTERM sees the failure
+    with contextlib.suppress(TimeoutError, RedisError, OSError):
+        await asyncio.wait_for(redis.aclose(), STOP_TIMEOUT_S)
     log.info("worker stopped")
+
+
+async def _cancel(jobs: list[asyncio.Task[None]], timeout_s: float) -> bool:
+    """Cancel ``jobs`` until they are done; False if they still run after ``timeout_s``.
+
+    One cancel is not always enough on Python 3.11: one that lands in a Redis call
+    as the connection drops (as when Redis stops with us) can come out as a
+    connection error, which the trim loop catches before it sleeps its interval.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while pending := [job for job in jobs if not job.done()]:
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        for job in pending:
+            job.cancel()
+        await asyncio.wait(pending, timeout=0.1)
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        settings = parse_settings(WorkerSettings, argv, prog="redchat-worker")
+        settings = parse_settings(
+            WorkerSettings,
+            argv,
+            prog="redchat-worker",
+            description=DESCRIPTION,
+            overrides=HELP_OVERRIDES,
+        )
         if not settings.redis_url:
             raise ConfigError("--redis URL is required (or REDCHAT_REDIS)")
     except ConfigError as exc:
         print(f"redchat-worker: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, f"worker@{socket.gethostname()}:{os.getpid()}")
+    follow_supervisor()
     asyncio.run(run(settings))
     return 0
 

@@ -12,8 +12,7 @@ import logging
 
 from redis.asyncio import Redis
 
-from gateway.keys import Keys
-from gateway.store import REDIS_DOWN, now_ms
+from gateway.store import REDIS_DOWN, Keys, now_ms
 
 __all__ = ["trim_expired", "trim_forever"]
 

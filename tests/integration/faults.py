@@ -19,7 +19,7 @@ from typing import Any, cast
 from redis.asyncio import Redis
 
 from client.connection import ChatError, Connection, ConnectionClosed, conversation_of, id_key
-from gateway.keys import GENERAL, Keys, dm_conversation
+from gateway.store.keys import GENERAL, Keys, dm_conversation
 from tests.support import Deployment, GatewayProcess
 
 RETRYABLE = (ConnectionClosed, ConnectionError, OSError, TimeoutError)

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from client.benchload import DeliveryCheck
+from bench.load import DeliveryCheck
 from tests.support import ROOT
 
 TINY = {
@@ -25,7 +25,7 @@ TINY = {
 
 def bench(*args: str) -> tuple[int, dict[str, object]]:
     proc = subprocess.run(
-        [sys.executable, "-m", "client.bench", *args, "--json", "--timeout", "10"],
+        [sys.executable, "-m", "bench", *args, "--json", "--timeout", "10"],
         cwd=ROOT,
         capture_output=True,
         text=True,

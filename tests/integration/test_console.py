@@ -140,7 +140,7 @@ async def test_typing_is_kept_while_messages_arrive_and_commands_work(
         pipe.send_text("/history 2\r")
         await until(lambda: shown(console, "history of #general: 2 message(s)") == 1, "history")
         pipe.send_text("/nonsense\r")
-        await until(lambda: shown(console, "!! error (bad_request): unknown command") == 1, "err")
+        await until(lambda: shown(console, "!! error (unknown_op): unknown command") == 1, "err")
 
 
 async def test_console_reconnects_after_its_gateway_is_killed(deployment: Deployment) -> None:

@@ -75,7 +75,7 @@ async def test_json_mode_prints_json_lines_with_acks(
     assert [a["id"] for a in acks] == [m["id"] for m in mine]
     assert len({a["cid"] for a in acks}) == 2
     [error] = [ev for ev in events if ev["type"] == "error"]
-    assert error["code"] == "bad_request"
+    assert error["code"] == "unknown_op"
 
 
 async def test_refused_login_and_missing_name_fail(deployment: Deployment, tmp_path: Path) -> None:

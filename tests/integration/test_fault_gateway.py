@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from client.connection import Connection
-from gateway.keys import GENERAL, Keys
+from gateway.store.keys import GENERAL, Keys
 from tests.integration.faults import (
     Member,
     assert_exactly_once_in_order,

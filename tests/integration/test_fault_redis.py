@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from client.connection import ChatError, Connection
-from gateway.keys import GENERAL
+from gateway.store.keys import GENERAL
 from tests.integration.faults import (
     Member,
     assert_exactly_once_in_order,

@@ -18,8 +18,8 @@ from typing import Any, cast
 
 import pytest
 
-from gateway.keys import GENERAL, Keys
 from gateway.store import Store
+from gateway.store.keys import GENERAL, Keys
 from tests.integration.faults import (
     Member,
     log_count,

@@ -7,21 +7,11 @@ import pytest
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 
-from client.commands import (
-    History,
-    Invalid,
-    Log,
-    Private,
-    Quit,
-    Reply,
-    Say,
-    ShowHelp,
-    Status,
-    parse,
-)
+from client.commands import Invalid, parse
 from client.console import ChatCompleter, render_event
 from client.render import ShortIds, message_line, name_class, plain
 from client.resilient import Backoff, SeenTracker
+from gateway.protocol.ops import GetHistory, GetLog, GetStatus, Help, Quit, Send
 
 
 @pytest.mark.parametrize(
@@ -29,29 +19,33 @@ from client.resilient import Backoff, SeenTracker
     [
         ("", None),
         ("   \n", None),
-        ("hello there\n", Say("hello there")),
-        ("//not a command", Say("/not a command")),
-        ("/private to bob hi there", Private("bob", "hi there")),
-        ("/private bob hi", Private("bob", "hi")),
-        ("/msg bob  hi", Private("bob", "hi")),
-        ("/private to bob", Invalid("usage: /private to <user> <text>  or  /msg <user> <text>")),
-        ("/reply 12 ok", Reply(12, "ok")),
-        ("/reply [3] ok", Reply(3, "ok")),
-        ("/history", History()),
-        ("/history 5", History(limit=5)),
-        ("/history bob 5", History("bob", 5)),
-        ("/log", Log()),
-        ("/log 7", Log(7)),
-        ("/status", Status()),
-        ("/help", ShowHelp()),
+        ("hello there\n", Send("#general", "hello there")),
+        ("//not a command", Send("#general", "/not a command")),
+        ("/private to bob hi there", Send("bob", "hi there")),
+        ("/private bob hi", Send("bob", "hi")),
+        ("/msg bob  hi", Send("bob", "hi")),
+        ("/private to bob", Invalid("usage: /private to <user> <text>")),
+        ("/reply 12 ok", Send("#general", "ok", reply_to="12-0")),
+        ("/reply [3] ok", Send("#general", "ok", reply_to="3-0")),
+        ("/history", GetHistory("#general")),
+        ("/history 5", GetHistory("#general", limit=5)),
+        ("/history bob 5", GetHistory("bob", limit=5)),
+        ("/log", GetLog()),
+        ("/log 7", GetLog(7)),
+        ("/status", GetStatus()),
+        ("/help", Help()),
         ("/QUIT", Quit()),
     ],
 )
 def test_parse(line: str, command: object) -> None:
-    assert parse(line) == command
+    # The console's numbers [n] map to (conversation, id); here [n] is "#general", "n-0".
+    assert parse(line, lambda n: ("#general", f"{n}-0")) == command
 
 
-@pytest.mark.parametrize("line", ["/reply x hi", "/reply 3", "/log many", "/frobnicate"])
+@pytest.mark.parametrize(
+    "line",
+    ["/reply x hi", "/reply 3", "/reply 3 x", "/log many", "/log -1", "/frobnicate", "/login a b"],
+)
 def test_parse_rejects_with_a_hint(line: str) -> None:
     result = parse(line)
     assert isinstance(result, Invalid) and result.message

@@ -30,6 +30,7 @@ from gateway.protocol import (
     event_to_dict,
     printable,
 )
+from gateway.protocol.framing import TOO_LONG
 
 
 def feed_bytewise(codec: JsonCodec | TextCodec, data: bytes) -> list[object]:
@@ -84,7 +85,7 @@ def test_lines_whole_bytewise_and_with_trailing_data() -> None:
 
 def test_overlong_line_is_reported_once_and_skipped_without_buffering() -> None:
     s = LineSplitter(10)
-    assert s.feed(b"x" * 25) == [None]
+    assert s.feed(b"x" * 25) == [TOO_LONG]
     assert s.buffered == 0
     assert s.feed(b"y" * 1000) == []  # still the same long line: dropped, not kept
     assert s.buffered == 0
@@ -92,7 +93,7 @@ def test_overlong_line_is_reported_once_and_skipped_without_buffering() -> None:
 
 
 def test_overlong_line_within_one_chunk() -> None:
-    assert LineSplitter(4).feed(b"abcdefgh\nabc\n") == [None, b"abc"]
+    assert LineSplitter(4).feed(b"abcdefgh\nabc\n") == [TOO_LONG, b"abc"]
 
 
 # -- JSON lines --------------------------------------------------------------------

@@ -12,8 +12,8 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.errors import ClientError
-from gateway.keys import Keys, dm_conversation
-from gateway.store import Store, hash_password, now_ms, verify_password
+from gateway.store import LoginLimits, Store, hash_password, now_ms, verify_password
+from gateway.store.keys import Keys, dm_conversation
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ async def redis() -> AsyncIterator[fakeredis.FakeAsyncRedis]:
 
 @pytest.fixture
 def store(redis: fakeredis.FakeAsyncRedis) -> Store:
-    return Store(redis, Keys("t"), scrypt_n=1024, login_fail_limit=3)
+    return Store(redis, Keys("t"), login=LoginLimits(scrypt_n=1024, fail_limit=3))
 
 
 def test_password_hash_is_salted_and_verifies() -> None:
@@ -38,12 +38,12 @@ def test_password_hash_is_salted_and_verifies() -> None:
 async def test_first_login_claims_and_later_logins_must_match(
     store: Store, redis: fakeredis.FakeAsyncRedis
 ) -> None:
-    first = await store.login("Alice", "pw")
+    first = await store.accounts.login("Alice", "pw")
     assert first.new and first.name == "Alice"
-    again = await store.login("ALICE", "pw")
+    again = await store.accounts.login("ALICE", "pw")
     assert not again.new and again.name == "Alice"  # unique ignoring case, display case kept
     with pytest.raises(ClientError) as err:
-        await store.login("alice", "wrong")
+        await store.accounts.login("alice", "wrong")
     assert err.value.code == "bad_password"
     stored = await redis.hgetall("t:{u:alice}:account")
     assert stored["name"] == "Alice" and stored["pw"].startswith("scrypt$")
@@ -51,14 +51,14 @@ async def test_first_login_claims_and_later_logins_must_match(
 
 
 async def test_failed_logins_are_throttled(store: Store) -> None:
-    await store.login("bob", "right")
+    await store.accounts.login("bob", "right")
     for _ in range(3):
         with pytest.raises(ClientError):
-            await store.login("bob", "wrong")
+            await store.accounts.login("bob", "wrong")
     with pytest.raises(ClientError) as err:
-        await store.login("bob", "right")  # even the right password waits now
+        await store.accounts.login("bob", "right")  # even the right password waits now
     assert err.value.code == "rate_limited"
-    assert 0 < err.value.extra["retry_after"] <= 60
+    assert 0 < err.value.extra["retry_after"] <= 300
 
 
 async def test_send_appends_publishes_and_logs(
@@ -81,8 +81,8 @@ async def test_send_appends_publishes_and_logs(
         "text": 'say "hi" ü',
     }
     [entry] = await redis.xrange("t:{c:#general}:stream")
-    assert entry == (result.id, {"from": "alice", "to": "#general", "text": 'say "hi" ü'})
-    [logged] = await store.log("alice", 10)
+    assert entry == (result.id, {"from": "alice", "to": "#general", "text": 'say "hi" ü', "n": "1"})
+    [logged] = await store.messages.log("alice", 10)
     assert logged.id == result.id and logged.text == 'say "hi" ü'
     await pubsub.aclose()
 
@@ -97,7 +97,7 @@ async def test_retried_send_with_same_cid_is_stored_once(
     assert other.id != first.id
     assert await redis.xlen("t:{c:#general}:stream") == 2
     assert 0 < await redis.ttl("t:{c:#general}:cid:alice:c-1") <= 300
-    assert len(await store.log("alice", 10)) == 2
+    assert len(await store.messages.log("alice", 10)) == 2
 
 
 async def test_direct_messages_are_one_conversation_for_both(store: Store) -> None:
@@ -105,16 +105,16 @@ async def test_direct_messages_are_one_conversation_for_both(store: Store) -> No
     assert conv == dm_conversation("BOB", "alice") == "dm:alice:bob"
     await store.send("Alice", conv, "bob", "hi bob")
     await store.send("bob", conv, "Alice", "hi alice")
-    assert await store.conversations("alice") == ["#general", conv]
-    assert await store.conversations("bob") == ["#general", conv]
-    texts = [m.text for m in await store.read_after(conv, None, 10)]
+    assert await store.cursors.conversations("alice") == ["#general", conv]
+    assert await store.cursors.conversations("bob") == ["#general", conv]
+    texts = [m.text for m in await store.messages.read_after(conv, None, 10)]
     assert texts == ["hi bob", "hi alice"]
 
 
 async def test_reply_must_name_a_message_of_that_conversation(store: Store) -> None:
     first = await store.send("alice", "#general", "#general", "question")
     reply = await store.send("bob", "#general", "#general", "answer", reply_to=first.id)
-    [_, msg] = await store.read_after("#general", None, 10)
+    [_, msg] = await store.messages.read_after("#general", None, 10)
     assert msg.id == reply.id and msg.reply_to == first.id
     with pytest.raises(ClientError) as err:
         await store.send("bob", "dm:alice:bob", "alice", "x", reply_to=first.id)
@@ -123,15 +123,15 @@ async def test_reply_must_name_a_message_of_that_conversation(store: Store) -> N
 
 async def test_reads_page_after_an_id_and_before_an_id(store: Store) -> None:
     ids = [(await store.send("a", "#general", "#general", f"m{i}")).id for i in range(30)]
-    page = await store.read_after("#general", ids[9], 5)
+    page = await store.messages.read_after("#general", ids[9], 5)
     assert [m.id for m in page] == ids[10:15] and all(m.replay for m in page)
-    last = await store.read_last("#general", 20)
+    last = await store.messages.read_last("#general", 20)
     assert [m.id for m in last] == ids[10:]
-    before = await store.read_last("#general", 3, before=ids[5])
+    before = await store.messages.read_last("#general", 3, before=ids[5])
     assert [m.id for m in before] == ids[2:5]
-    assert await store.count_after("#general", ids[19], 100) == 10
-    assert await store.count_after("#general", ids[19], 4) == 4
-    assert await store.count_after("#general", None, 100) == 30
+    assert (await store.messages.unread_counts([("#general", ids[19])], 100))[0] == 10
+    assert (await store.messages.unread_counts([("#general", ids[19])], 4))[0] == 4
+    assert (await store.messages.unread_counts([("#general", None)], 100))[0] == 30
 
 
 async def test_expired_messages_are_gone_from_reads(
@@ -142,10 +142,10 @@ async def test_expired_messages_are_gone_from_reads(
         "t:{c:#general}:stream", {"from": "a", "to": "#general", "text": "old"}, id=old
     )
     await store.send("a", "#general", "#general", "new")
-    assert [m.text for m in await store.read_last("#general", 20)] == ["new"]
-    assert [m.text for m in await store.read_after("#general", None, 20)] == ["new"]
-    assert [m.text for m in await store.read_after("#general", "1-0", 20)] == ["new"]
-    assert await store.count_after("#general", None, 20) == 1
+    assert [m.text for m in await store.messages.read_last("#general", 20)] == ["new"]
+    assert [m.text for m in await store.messages.read_after("#general", None, 20)] == ["new"]
+    assert [m.text for m in await store.messages.read_after("#general", "1-0", 20)] == ["new"]
+    assert (await store.messages.unread_counts([("#general", None)], 20))[0] == 1
 
 
 async def test_lifetime_zero_keeps_everything(redis: fakeredis.FakeAsyncRedis) -> None:
@@ -153,30 +153,30 @@ async def test_lifetime_zero_keeps_everything(redis: fakeredis.FakeAsyncRedis) -
     await redis.xadd(
         "t:{c:#general}:stream", {"from": "a", "to": "#general", "text": "x"}, id="5-0"
     )
-    assert [m.text for m in await store.read_last("#general", 20)] == ["x"]
+    assert [m.text for m in await store.messages.read_last("#general", 20)] == ["x"]
 
 
 async def test_cursors_only_move_forward(store: Store) -> None:
-    await store.advance_cursors({"alice": {"#general": "100-5", "dm:alice:bob": "9-0"}})
-    await store.advance_cursors({"alice": {"#general": "100-4", "dm:alice:bob": "10-0"}})
-    await store.advance_cursors({"alice": {"#general": "99-9"}})
-    assert await store.cursors("alice") == {"#general": "100-5", "dm:alice:bob": "10-0"}
-    await store.advance_cursors({"alice": {"#general": "1000-0"}})  # longer number is later
-    assert (await store.cursors("alice"))["#general"] == "1000-0"
+    await store.cursors.advance({"alice": {"#general": "100-5", "dm:alice:bob": "9-0"}})
+    await store.cursors.advance({"alice": {"#general": "100-4", "dm:alice:bob": "10-0"}})
+    await store.cursors.advance({"alice": {"#general": "99-9"}})
+    assert await store.cursors.cursors("alice") == {"#general": "100-5", "dm:alice:bob": "10-0"}
+    await store.cursors.advance({"alice": {"#general": "1000-0"}})  # longer number is later
+    assert (await store.cursors.cursors("alice"))["#general"] == "1000-0"
 
 
 async def test_presence_spans_gateways_and_ignores_dead_ones(
     store: Store, redis: fakeredis.FakeAsyncRedis
 ) -> None:
-    await store.heartbeat("gw1", {"alice": 1, "Bob": 2}, ttl_s=15)
-    await store.heartbeat("gw2", {"carol": 1}, ttl_s=15)
-    assert await store.online(stale_ms=15_000) == ["alice", "Bob", "carol"]
-    await store.update_presence("gw1", {"Bob": 0, "dave": 1})
-    assert await store.online(stale_ms=15_000) == ["alice", "carol", "dave"]
+    await store.presence.heartbeat("gw1", {"alice": 1, "Bob": 2}, ttl_s=15)
+    await store.presence.heartbeat("gw2", {"carol": 1}, ttl_s=15)
+    assert await store.presence.online(stale_ms=15_000) == ["alice", "Bob", "carol"]
+    await store.presence.update("gw1", {"Bob": 0, "dave": 1})
+    assert await store.presence.online(stale_ms=15_000) == ["alice", "carol", "dave"]
     await redis.zadd("t:gateways", {"gw2": now_ms() - 60_000})  # gw2 stopped beating
-    assert await store.online(stale_ms=15_000) == ["alice", "dave"]
-    await store.gateway_gone("gw1")
-    assert await store.online(stale_ms=15_000) == []
+    assert await store.presence.online(stale_ms=15_000) == ["alice", "dave"]
+    await store.presence.gateway_gone("gw1")
+    assert await store.presence.online(stale_ms=15_000) == []
 
 
 async def test_a_direct_conversation_is_registered_before_its_first_message(
@@ -186,7 +186,7 @@ async def test_a_direct_conversation_is_registered_before_its_first_message(
     # comes first, so a recipient logging in meanwhile cannot miss the message.
     with pytest.raises(ClientError):
         await store.send("yan", "dm:yan:zoe", "zoe", "hi", reply_to="1-0")
-    assert await store.conversations("zoe") == ["#general", "dm:yan:zoe"]
+    assert await store.cursors.conversations("zoe") == ["#general", "dm:yan:zoe"]
 
 
 async def test_concurrent_sends_share_a_batch_and_fail_one_by_one(
@@ -203,21 +203,21 @@ async def test_concurrent_sends_share_a_batch_and_fail_one_by_one(
     ids = [r.id for r in results if not isinstance(r, BaseException)]
     assert len(set(ids)) == 21
     assert await redis.xlen("t:{c:#general}:stream") == 22
-    assert [m.text for m in await store.log("a", 100)][-1] == "good reply"
-    assert len(await store.log("a", 100)) == 22
+    assert [m.text for m in await store.messages.log("a", 100)][-1] == "good reply"
+    assert len(await store.messages.log("a", 100)) == 22
 
 
 async def test_sends_and_cursors_survive_redis_forgetting_its_scripts(
     store: Store, redis: fakeredis.FakeAsyncRedis
 ) -> None:
     await store.send("a", "dm:a:b", "b", "before")
-    await store.advance_cursors({"a": {"#general": "5-0"}})
+    await store.cursors.advance({"a": {"#general": "5-0"}})
     await redis.script_flush()  # as after a restart without persistence
     store.forget_cached()
     after = await store.send("a", "dm:a:b", "b", "after")
-    await store.advance_cursors({"a": {"#general": "6-0"}})
-    assert [m.id for m in await store.read_after("dm:a:b", None, 10)][-1] == after.id
-    assert await store.cursors("a") == {"#general": "6-0"}
+    await store.cursors.advance({"a": {"#general": "6-0"}})
+    assert [m.id for m in await store.messages.read_after("dm:a:b", None, 10)][-1] == after.id
+    assert await store.cursors.cursors("a") == {"#general": "6-0"}
 
 
 async def test_a_retry_logs_a_stored_message_whose_log_write_was_lost(
@@ -226,9 +226,9 @@ async def test_a_retry_logs_a_stored_message_whose_log_write_was_lost(
     first = await store.send("a", "#general", "#general", "keep me", cid="c9")
     again = await store.send("a", "#general", "#general", "keep me", cid="c9")
     assert again.duplicate
-    assert [m.id for m in await store.log("a", 10)] == [first.id]  # a plain retry: once
+    assert [m.id for m in await store.messages.log("a", 10)] == [first.id]  # a plain retry: once
 
-    write_logs = store._write_logs
+    write_logs = store.messages._write_logs
     lost_once = False
 
     async def lose_the_first_log_write(batch: Any, results: Any) -> None:
@@ -238,10 +238,10 @@ async def test_a_retry_logs_a_stored_message_whose_log_write_was_lost(
             raise RedisConnectionError("link dropped after the message was stored")
         await write_logs(batch, results)
 
-    monkeypatch.setattr(store, "_write_logs", lose_the_first_log_write)
+    monkeypatch.setattr(store.messages, "_write_logs", lose_the_first_log_write)
     lost = await store.send("a", "#general", "#general", "log me", cid="c10")
     assert not lost.duplicate  # stored, so acked, though its log entry was lost
-    assert [m.id for m in await store.log("a", 10)] == [first.id]
+    assert [m.id for m in await store.messages.log("a", 10)] == [first.id]
     retry = await store.send("a", "#general", "#general", "log me", cid="c10")
     assert retry.id == lost.id and retry.duplicate
-    assert [m.id for m in await store.log("a", 10)] == [first.id, lost.id]
+    assert [m.id for m in await store.messages.log("a", 10)] == [first.id, lost.id]

@@ -7,8 +7,13 @@ published bytes as they are). The hub never awaits a session: delivery only
 appends to a bounded outbox.
 
 When the pub/sub link drops, the hub reconnects with backoff, resubscribes, and
-asks every live session to re-sync from the last id it delivered, so nothing
-published while the link was down is missed.
+re-reads what was published meanwhile once per channel (not once per session):
+every live session holds its live events while the missed messages are handed to
+it, minus those it had, so nothing is missed and nothing doubled.
+
+A route's subscription belongs to the hub, not to the session that asked first:
+if that session goes away half-way, the others still get the confirmation, and
+every wait for one is bounded.
 
 The hub also batches the "delivered up to" cursors of local users and saves them
 to Redis every ``cursor_flush_s``.
@@ -22,21 +27,24 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from gateway.aio import stop_tasks
-from gateway.errors import ClientError
-from gateway.keys import GENERAL, Keys, dm_conversation
-from gateway.protocol import Message, message_from_dict
-from gateway.pubsub import Subscriber, SubscriberClosed
-from gateway.store import REDIS_DOWN, Store
+from gateway.errors import Unavailable
+from gateway.net.pubsub import Subscriber, SubscriberClosed
+from gateway.protocol import Error, Message, format_stream_id, message_from_dict
+from gateway.store import GENERAL, Keys, Store, dm_conversation, now_ms
+from gateway.store.messages import PAGE
 
 if TYPE_CHECKING:
-    from gateway.session import Session
+    from gateway.net.session import Session
 
 __all__ = ["Hub"]
 
 log = logging.getLogger("redchat.hub")
+
+SUBSCRIBE_WAIT_S: Final = 10.0
+RESYNC_MARGIN_MS: Final = 5000  # clocks of gateways and Redis may differ this much
 
 
 @dataclass(eq=False)
@@ -58,7 +66,9 @@ class Hub:
         *,
         cursor_flush_s: float = 0.5,
         on_reconnect: Callable[[], None] | None = None,
+        client_name: str | None = None,
     ) -> None:
+        self.client_name = client_name
         self.redis_url = redis_url
         self.keys = keys
         self.store = store
@@ -74,6 +84,8 @@ class Hub:
         self._stopping = False
         self._cursors: dict[str, dict[str, str]] = {}  # user -> {conversation: id}
         self._cursors_failing = False  # log an outage once, not at every flush
+        self._subscribing: set[asyncio.Task[None]] = set()
+        self._lost_at_ms = 0
 
     async def start(self) -> None:
         self._tasks = [
@@ -91,7 +103,7 @@ class Hub:
 
     async def stop(self) -> None:
         self._stopping = True
-        await stop_tasks(self._tasks)
+        await stop_tasks([*self._tasks, *self._subscribing])
         await self.flush_cursors()
 
     # -- subscriptions ----------------------------------------------------------
@@ -99,28 +111,39 @@ class Hub:
         """Attach a logged-in session to #general and its user's channel.
 
         Returns once Redis has confirmed the subscriptions, so a replay read after
-        this cannot miss a message published in between.
+        this cannot miss a message published in between; waits at most
+        ``SUBSCRIBE_WAIT_S``.
         """
         if not self._ready.is_set() or self._sub is None:
-            raise ClientError("unavailable", "chat storage is unreachable; try again shortly")
+            raise Unavailable("the pub/sub link is down")
         assert session.user is not None
         channel = self.keys.user_channel(session.user)
         route = self._routes.get(channel.encode())
         if route is None:
             route = Route(channel, session.user.lower())
             self._routes[channel.encode()] = route
-            route.sessions.add(session)
-            self._general.sessions.add(session)
-            try:
-                await self._sub.subscribe([channel])
-            except SubscriberClosed:
-                self.leave(session)
-                raise ClientError("unavailable", "chat storage is unreachable") from None
-            route.confirmed.set()
-        else:
-            route.sessions.add(session)
-            self._general.sessions.add(session)
-            await route.confirmed.wait()
+            task = asyncio.create_task(self._subscribe(self._sub, route))
+            self._subscribing.add(task)
+            task.add_done_callback(self._subscribing.discard)
+        route.sessions.add(session)
+        self._general.sessions.add(session)
+        try:
+            async with asyncio.timeout(SUBSCRIBE_WAIT_S):
+                await route.confirmed.wait()
+        except TimeoutError:
+            self.leave(session)
+            raise Unavailable(f"no subscription within {SUBSCRIBE_WAIT_S:g} s") from None
+        except BaseException:
+            self.leave(session)
+            raise
+
+    async def _subscribe(self, sub: Subscriber, route: Route) -> None:
+        """Owned by the hub: a session cancelled while waiting does not cancel it."""
+        try:
+            await sub.subscribe([route.channel])
+        except SubscriberClosed:
+            return  # the link is down: the reconnect resubscribes every route
+        route.confirmed.set()
 
     def leave(self, session: Session) -> None:
         self._general.sessions.discard(session)
@@ -142,7 +165,7 @@ class Hub:
         backoff = 0.1
         connected_before = False
         while not self._stopping:
-            sub = Subscriber(self.redis_url)
+            sub = Subscriber(self.redis_url, client_name=self.client_name)
             reader: asyncio.Task[None] | None = None
             try:
                 await sub.connect()
@@ -153,8 +176,10 @@ class Hub:
                 self._sub = sub
                 self._ready.set()
                 log.info("pub/sub connected (%d channels)", len(self._routes))
-                if connected_before and self.on_reconnect is not None:
-                    self.on_reconnect()
+                if connected_before:
+                    if self.on_reconnect is not None:
+                        self.on_reconnect()
+                    await self._resync(self._lost_at_ms - RESYNC_MARGIN_MS)
                 connected_before = True
                 backoff = 0.1
                 await reader
@@ -162,6 +187,8 @@ class Hub:
                 if self._ready.is_set() or not connected_before:
                     log.warning("pub/sub link down: %s; reconnecting", exc)
             finally:
+                if self._ready.is_set():
+                    self._lost_at_ms = now_ms()
                 self._ready.clear()
                 self._sub = None
                 if reader is not None:
@@ -176,6 +203,43 @@ class Hub:
             batch = await sub.read_batch()
             for channel, data in batch:
                 self._dispatch(channel, data)
+
+    # -- after an outage: re-read once per channel ------------------------------------
+    async def _resync(self, since_ms: int) -> None:
+        """Hand every live session what was published while the link was down."""
+        holding = {s for s in list(self._general.sessions) if s.begin_resync()}
+        if not holding:
+            return
+        try:
+            await self._reread(GENERAL, holding, since_ms)
+            for route in list(self._routes.values()):
+                targets = holding & route.sessions
+                if route.user is None or not targets:
+                    continue
+                for conversation in (await self.store.cursors.conversations(route.user))[1:]:
+                    await self._reread(conversation, targets, since_ms)
+        except Exception as exc:
+            # Going live now could hide a gap: the clients come back and resume instead.
+            if isinstance(exc, Unavailable):
+                log.warning("re-sync after the outage failed (%s); disconnecting", exc)
+            else:
+                log.exception("bug in the re-sync after an outage; disconnecting")
+            for session in holding:
+                session.close_with(Error("unavailable", "lost track of new messages; reconnect"))
+        finally:
+            for session in holding:
+                session.finish_sync()
+
+    async def _reread(self, conversation: str, targets: set[Session], since_ms: int) -> None:
+        known = [s.last_sent[conversation] for s in targets if conversation in s.last_sent]
+        after = format_stream_id(min(known)) if known else f"{max(0, since_ms)}-0"
+        while True:
+            page = await self.store.messages.read_after(conversation, after, PAGE)
+            for session in targets:
+                session.replay_now(conversation, page)
+            if len(page) < PAGE:
+                return
+            after = page[-1].id
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         route = self._routes.get(channel)
@@ -203,11 +267,11 @@ class Hub:
         if not pending:
             return
         try:
-            await self.store.advance_cursors(pending)
+            await self.store.cursors.advance(pending)
             if self._cursors_failing:
                 self._cursors_failing = False
                 log.info("cursors saved again")
-        except REDIS_DOWN as exc:
+        except Unavailable as exc:
             if not self._cursors_failing:
                 self._cursors_failing = True
                 log.warning("could not save cursors (%s); will retry", exc)

@@ -37,17 +37,29 @@ class Keys:
         """Hash: name (display case), pw (scrypt), created (ms)."""
         return f"{self.prefix}:{{u:{user.lower()}}}:account"
 
-    def login_failures(self, user: str) -> str:
-        """String counter of failed logins, expires with the throttle window."""
-        return f"{self.prefix}:{{u:{user.lower()}}}:fails"
+    def login_failures(self, user: str, address: str | None = None) -> str:
+        """String counter of login attempts that were not (yet) right, for a name
+        (``address`` None) or for a name from one address; expires with its window."""
+        if address is None:
+            return f"{self.prefix}:{{u:{user.lower()}}}:fails"
+        return f"{self.prefix}:{{u:{user.lower()}}}:fails:{address}"
+
+    def known_addresses(self, user: str) -> str:
+        """Sorted set: address -> last successful login (ms); the last few are kept."""
+        return f"{self.prefix}:{{u:{user.lower()}}}:addrs"
+
+    def address_failures(self, address: str) -> str:
+        """String counter of failed logins from one address, any name."""
+        return f"{self.prefix}:{{a:{address}}}:fails"
 
     def cursors(self, user: str) -> str:
         """Hash: conversation id -> last stream id delivered to any of the user's clients."""
         return f"{self.prefix}:{{u:{user.lower()}}}:cursors"
 
     def conversations(self, user: str) -> str:
-        """Set of direct-conversation ids the user takes part in."""
-        return f"{self.prefix}:{{u:{user.lower()}}}:convs"
+        """Sorted set: direct-conversation id -> last activity (ms, updated lazily);
+        pruned when the conversation's history has expired."""
+        return f"{self.prefix}:{{u:{user.lower()}}}:dms"
 
     def log(self, user: str) -> str:
         """Stream of the user's own sent messages (id, to, text, reply_to)."""
@@ -61,6 +73,10 @@ class Keys:
     def stream(self, conversation: str) -> str:
         """Stream holding the conversation's history (the source of truth)."""
         return f"{self.prefix}:{{c:{conversation}}}:stream"
+
+    def seq(self, conversation: str) -> str:
+        """Counter numbering the conversation's messages (the ``n`` field)."""
+        return f"{self.prefix}:{{c:{conversation}}}:seq"
 
     def sent(self, conversation: str, user: str, cid: str) -> str:
         """String: the stream id a client id was stored under (idempotent retries)."""

@@ -1,4 +1,4 @@
-"""One gateway process: the listening socket, its sessions, the hub, presence.
+"""One gateway process: the listening socket, its sessions, the hub, presence, timers.
 
 Shutdown, in order (SIGTERM and SIGINT alike):
   1. stop accepting (the other gateways on the port take new clients);
@@ -12,54 +12,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
-from typing import Any, Final
-
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.connection import HiredisRespSerializer
+from typing import Final
 
 from gateway.aio import stop_tasks
-from gateway.hub import Hub
-from gateway.keys import Keys
+from gateway.errors import Unavailable
+from gateway.net.hub import Hub
+from gateway.net.outbox import Flusher
+from gateway.net.session import Session
 from gateway.protocol import Notice
-from gateway.session import Flusher, Session, State
 from gateway.settings import GatewaySettings
-from gateway.store import REDIS_DOWN, Store
+from gateway.store import Keys, LoginLimits, Store, make_redis
 
-__all__ = ["Gateway", "make_redis"]
+__all__ = ["Gateway"]
 
 log = logging.getLogger("redchat.gateway")
 
 PRESENCE_COALESCE_S: Final = 0.05
-
-
-class _HiredisPacking:
-    """redis-py's asyncio connections pack commands in Python even with hiredis
-    installed; on the send path that was a fifth of the gateway's CPU."""
-
-    _packer = HiredisRespSerializer()
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        return self._packer.pack(*args)  # type: ignore[no-any-return]
-
-
-def make_redis(url: str) -> Redis:
-    """A client that fails fast: a send during an outage errors at once instead of
-    hanging. When all connections are busy (a login storm) a command waits for one."""
-    pool = BlockingConnectionPool.from_url(
-        url,
-        decode_responses=True,
-        socket_connect_timeout=2,
-        socket_timeout=5,
-        retry=Retry(NoBackoff(), 0),
-        max_connections=64,
-        timeout=5,
-    )
-    base = pool.connection_class
-    pool.connection_class = type(base.__name__, (_HiredisPacking, base), {})
-    return Redis(connection_pool=pool)
+TIMER_SWEEP_S: Final = 1.0
 
 
 class Gateway:
@@ -67,23 +38,30 @@ class Gateway:
         self.settings = settings
         self.name = settings.gateway_name
         self.keys = Keys(settings.prefix)
-        self.redis = make_redis(redis_url)
+        self.redis = make_redis(redis_url, client_name=f"redchat:gateway:{self.name}")
         self.store = Store(
             self.redis,
             self.keys,
             message_ttl_s=settings.message_ttl_s,
             history_max_len=settings.history_max_len,
             idempotency_ttl_s=settings.idempotency_ttl_s,
-            login_fail_limit=settings.login_fail_limit,
-            login_fail_window_s=settings.login_fail_window_s,
-            scrypt_n=settings.scrypt_n,
+            login=LoginLimits(
+                fail_limit=settings.login_fail_limit,
+                per_address=settings.login_fail_per_address,
+                per_name=settings.login_fail_per_name,
+                window_s=settings.login_fail_window_s,
+                scrypt_n=settings.scrypt_n,
+                scrypt_threads=settings.scrypt_threads,
+                scrypt_queue=settings.scrypt_queue,
+            ),
         )
         self.hub = Hub(
             redis_url,
             self.keys,
             self.store,
             cursor_flush_s=settings.cursor_flush_s,
-            on_reconnect=self._resync_all,
+            on_reconnect=self._reconnected,
+            client_name=f"redchat:hub:{self.name}",
         )
         self.sessions: set[Session] = set()
         self.flusher = Flusher(settings.write_coalesce_s)
@@ -111,6 +89,7 @@ class Gateway:
             backlog=4096,
         )
         self._tasks.append(asyncio.create_task(self._presence_forever(), name="presence"))
+        self._tasks.append(asyncio.create_task(self._timers_forever(), name="timers"))
         log.info("listening on %s:%d", self.settings.host, self.settings.port)
 
     async def shutdown(self) -> None:
@@ -118,7 +97,7 @@ class Gateway:
         log.info("shutting down: %d clients to drain within %g s", len(self.sessions), timeout)
         if self._server is not None:
             self._server.close()
-        busy = [s._worker for s in self.sessions if s._worker is not None and not s._worker.done()]
+        busy = [task for s in self.sessions if (task := s.busy) is not None]
         if busy:
             await asyncio.wait(busy, timeout=timeout / 2)
         bye = Notice(f"gateway {self.name} is shutting down; reconnect to continue")
@@ -136,8 +115,8 @@ class Gateway:
         self._presence_wake.set()
         await stop_tasks(self._tasks)
         await self.hub.stop()
-        with contextlib.suppress(*REDIS_DOWN):
-            await self.store.gateway_gone(self.name)
+        with contextlib.suppress(Unavailable):
+            await self.store.presence.gateway_gone(self.name)
         await self.redis.aclose()
         log.info("stopped")
 
@@ -145,7 +124,7 @@ class Gateway:
     def admit(self, session: Session) -> bool:
         self.sessions.add(session)
         self._all_gone.clear()
-        address = session.peer.rsplit(":", 1)[0]
+        address = session.peer_address
         self._per_address[address] += 1
         limit = self.settings.max_connections_per_ip
         return not limit or self._per_address[address] <= limit
@@ -153,7 +132,7 @@ class Gateway:
     def forget(self, session: Session) -> None:
         if session in self.sessions:
             self.sessions.discard(session)
-            address = session.peer.rsplit(":", 1)[0]
+            address = session.peer_address
             self._per_address[address] -= 1
             if self._per_address[address] <= 0:
                 del self._per_address[address]
@@ -164,8 +143,8 @@ class Gateway:
         """Count the user in and tell Redis now, so /status anywhere shows them at once."""
         self.users[name] += 1
         try:
-            await self.store.update_presence(self.name, {name: self.users[name]})
-        except REDIS_DOWN:
+            await self.store.presence.update(self.name, {name: self.users[name]})
+        except Unavailable:
             self._presence_full = True  # the next heartbeat rewrites it all
 
     def user_left(self, name: str) -> None:
@@ -175,13 +154,20 @@ class Gateway:
         self._presence_dirty.add(name)
         self._presence_wake.set()
 
-    def _resync_all(self) -> None:
-        """The pub/sub link is back: every live session re-reads what it may have missed."""
+    def _reconnected(self) -> None:
+        """The pub/sub link is back (the hub re-reads what was missed): Redis may
+        have restarted, so presence is rewritten and caches are dropped."""
         self._presence_full = True
         self.store.forget_cached()
-        for session in list(self.sessions):
-            if session.state is State.LIVE:
-                session.resync()
+
+    async def _timers_forever(self) -> None:
+        """Login, idle and stall timeouts of every session, checked once a second:
+        one sweep instead of a timer per connection."""
+        while not self._closing:
+            await asyncio.sleep(TIMER_SWEEP_S)
+            now = time.monotonic()
+            for session in list(self.sessions):
+                session.check_timers(now)
 
     # -- presence -------------------------------------------------------------------
     async def _presence_forever(self) -> None:
@@ -192,13 +178,13 @@ class Gateway:
             try:
                 if self._presence_full:
                     self._presence_full = False
-                    await self.store.heartbeat(self.name, dict(self.users), ttl)
+                    await self.store.presence.heartbeat(self.name, dict(self.users), ttl)
                 else:
-                    await self.store.heartbeat(self.name, None, ttl)
-                    await self.store.update_presence(
+                    await self.store.presence.heartbeat(self.name, None, ttl)
+                    await self.store.presence.update(
                         self.name, {n: self.users.get(n, 0) for n in dirty}
                     )
-            except REDIS_DOWN as exc:
+            except Unavailable as exc:
                 log.warning("could not refresh presence: %s", exc)
                 self._presence_full = True
             try:

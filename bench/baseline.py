@@ -12,7 +12,7 @@ Memory: #general's messages (the last ``HISTORY_MAX``) and each user's cursor, s
 a login storm can replay unread messages as redchat does. Direct messages are
 delivered live to both users' connections and not kept.
 
-Run: ``python -m client.baseline --port 9000 [--no-uvloop]``.
+Run: ``python -m bench.baseline --port 9000 [--no-uvloop]``.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ async def serve(host: str, port: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m client.baseline", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.baseline", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=True)

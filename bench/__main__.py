@@ -9,7 +9,7 @@
 
 By default it starts everything itself, on free ports in a temporary folder: a
 redis-server, ``--gateways`` gateway processes sharing one port, and the baseline
-(``client.baseline``, a single-process in-memory broadcast server speaking the
+(``bench.baseline``, a single-process in-memory broadcast server speaking the
 same JSON lines). Each scenario runs on redchat, then on the baseline, ``--repeat``
 times alternately; the table shows the median of each figure and redchat's ratio
 to the baseline's, so results carry across machines. Every run checks that each
@@ -32,8 +32,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from client.benchload import SCENARIOS, Params, RunResult, run_scenario
-from client.benchservers import (
+from bench.load import SCENARIOS, Params, RunResult, run_scenario
+from bench.servers import (
     BaselineProcess,
     External,
     RedchatDeployment,

@@ -1,8 +1,10 @@
 """The servers a benchmark run talks to: a redchat deployment it starts, or the baseline.
 
-``RedchatDeployment`` starts a redis-server and N gateway processes sharing one
-free port (SO_REUSEPORT), all in a temporary folder and never on 6379;
-``BaselineProcess`` starts ``client.baseline``; ``External`` is a deployment someone
+``RedchatDeployment`` starts a redis-server (through ``gateway.embedded_redis``,
+the one launcher) and N gateway processes sharing one free port (SO_REUSEPORT),
+all in a temporary folder and never on 6379, with the per-connection send-rate
+cap off so the bench measures throughput, not the cap;
+``BaselineProcess`` starts ``bench.baseline``; ``External`` is a deployment someone
 else runs (no process ids, so no memory or CPU figures). Each knows the pids whose
 RSS and CPU the report shows, read from /proc.
 """
@@ -14,14 +16,13 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from gateway.embedded_redis import find_redis_server, free_port
+from gateway.embedded_redis import RedisProcess, free_port, start_redis_server
 
 __all__ = [
     "BaselineProcess",
@@ -159,7 +160,7 @@ class RedchatDeployment(Target):
         self.dir = Path(tempfile.mkdtemp(prefix="redchat-bench-"))
         self.port = free_port()
         self.redis_port = free_port()
-        self.redis: subprocess.Popen[bytes] | None = None
+        self.redis: RedisProcess | None = None
         self.procs: list[subprocess.Popen[bytes]] = []
 
     @property
@@ -176,30 +177,15 @@ class RedchatDeployment(Target):
         return [p.pid for p in self.procs]
 
     def start(self) -> RedchatDeployment:
-        args = [
-            find_redis_server(),
-            "--port", str(self.redis_port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.dir),
-            "--save", "",
-            "--appendonly", "no",
-            "--logfile", "redis.log",
-        ]  # fmt: skip
-        self.redis = subprocess.Popen(args, stdin=subprocess.DEVNULL)
-        _wait(self._redis_up, 10, "redis-server")
+        self.redis = start_redis_server(self.dir, port=self.redis_port, persist=False, save="")
         self._start_gateways()
         return self
 
-    def _redis_up(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.redis_port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
     def _start_gateways(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REDCHAT_")}
+        # Unknown REDCHAT_ variables are ignored, so this holds for gateways with or
+        # without the cap; --gateway-arg=--conn-send-rate=N still wins over it.
+        env["REDCHAT_CONN_SEND_RATE"] = "0"
         for i in range(1, self.gateways + 1):
             args = [
                 sys.executable, "-m", "gateway",
@@ -242,7 +228,8 @@ class RedchatDeployment(Target):
     def stop(self) -> None:
         for proc in self.procs:
             _stop(proc)
-        _stop(self.redis)
+        if self.redis is not None:
+            self.redis.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -259,7 +246,7 @@ class BaselineProcess(Target):
 
     def start(self) -> BaselineProcess:
         args = [
-            sys.executable, "-m", "client.baseline",
+            sys.executable, "-m", "bench.baseline",
             "--port", str(self.port),
             "--uvloop" if self.uvloop else "--no-uvloop",
         ]  # fmt: skip

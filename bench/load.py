@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from client.benchservers import Target, cpu_seconds, rss_kb
+from bench.servers import Target, cpu_seconds, rss_kb
 
 __all__ = [
     "BenchClient",

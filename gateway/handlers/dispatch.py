@@ -1,0 +1,62 @@
+"""Command type -> handler: the one place a new op is wired in."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from gateway.errors import ClientError
+from gateway.handlers import chat, sync
+from gateway.handlers.context import Context
+from gateway.protocol import (
+    HELP_TEXT,
+    Bye,
+    Command,
+    GetHistory,
+    GetLog,
+    GetStatus,
+    Help,
+    Login,
+    Notice,
+    Ping,
+    Pong,
+    Quit,
+    Send,
+)
+from gateway.protocol.ops import op_of
+
+__all__ = ["dispatch"]
+
+Handler = Callable[[Context, Any], Awaitable[None]]
+
+
+async def _help(ctx: Context, cmd: Help) -> None:
+    ctx.conn.send_event(Notice(HELP_TEXT, rid=cmd.rid))
+
+
+async def _ping(ctx: Context, cmd: Ping) -> None:
+    ctx.conn.send_event(Pong(rid=cmd.rid))
+
+
+async def _quit(ctx: Context, cmd: Quit) -> None:
+    ctx.conn.close_with(Bye(rid=cmd.rid))
+
+
+HANDLERS: Final[dict[type, Handler]] = {
+    Login: sync.login,
+    Send: chat.send,
+    GetHistory: chat.history,
+    GetLog: chat.log_of,
+    GetStatus: sync.status,
+    Help: _help,
+    Ping: _ping,
+    Quit: _quit,
+}
+
+
+async def dispatch(ctx: Context, cmd: Command, login_hint: str = "log in first") -> None:
+    """Run one command. A peer's mistake raises ``ClientError``; Redis being down
+    raises ``Unavailable``; anything else is a bug."""
+    if op_of(cmd).needs_login and ctx.conn.user is None:
+        raise ClientError("not_logged_in", login_hint)
+    await HANDLERS[type(cmd)](ctx, cmd)

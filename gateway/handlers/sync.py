@@ -1,0 +1,175 @@
+"""Logging in with replay, and status.
+
+A login subscribes first (``Conn.begin_sync``), then counts what is unread in
+every conversation (two single-entry reads each, all in one round trip), then
+replays it in pages, oldest first across all conversations, then goes live
+(``Conn.finish_sync``): no gap, no duplicate.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from gateway.errors import ClientError
+from gateway.handlers.context import Context
+from gateway.protocol import (
+    GENERAL,
+    GetStatus,
+    Login,
+    Message,
+    Notice,
+    StatusResult,
+    Synced,
+    Welcome,
+    format_stream_id,
+    parse_stream_id,
+)
+from gateway.store.messages import PAGE
+
+__all__ = ["login", "status"]
+
+log = logging.getLogger("redchat.sync")
+
+MERGE_PAGE = 50  # per conversation while merging many into one time order
+
+
+@dataclass(slots=True)
+class _Replay:
+    """One conversation to replay: its reader's name, count, and where to read."""
+
+    conversation: str
+    name: str
+    count: int
+    after: str | None
+    known: list[Message] = field(default_factory=list)  # already read (first join)
+
+
+async def login(ctx: Context, cmd: Login) -> None:
+    conn = ctx.conn
+    if conn.user is not None:
+        raise ClientError("bad_request", f"already logged in as {conn.user}")
+    account = await ctx.store.accounts.login(cmd.user, cmd.password, conn.peer_address)
+    await conn.begin_sync(account.name)
+    try:
+        plan = await _plan(ctx, cmd.since)
+        unread = {r.name: r.count for r in plan if r.count}
+        conn.send_event(Welcome(account.name, account.new, unread, ctx.gw.name, rid=cmd.rid))
+        await _replay(ctx, plan)
+    except BaseException:
+        # Anything short of `synced` leaves the client logged out, free to try again.
+        conn.undo_login()
+        raise
+    conn.finish_sync()
+    conn.send_event(Synced(rid=cmd.rid))
+    log.info("login user=%s new=%s peer=%s", account.name, account.new, conn.peer_address)
+
+
+async def _plan(ctx: Context, since: Mapping[str, str] | None) -> list[_Replay]:
+    store, s, me = ctx.store, ctx.settings, ctx.user
+    conversations = await store.cursors.conversations(me)
+    cursors = await store.cursors.cursors(me)
+    names = await store.reader_names(me, conversations)
+    wanted = {k.lower(): v for k, v in (since or {}).items()}
+    plan: list[_Replay] = []
+    counted: list[_Replay] = []
+    for conversation, name in zip(conversations, names, strict=True):
+        after = wanted.get(name.lower(), cursors.get(conversation))
+        if after is None and conversation == GENERAL:
+            # Never saw #general: its last few messages, as context.
+            recent = await store.messages.read_last(GENERAL, s.history_size)
+            plan.append(_Replay(GENERAL, name, len(recent), None, recent))
+            continue
+        item = _Replay(conversation, name, 0, after)
+        plan.append(item)
+        counted.append(item)
+    counts = await store.messages.unread_counts(
+        [(r.conversation, r.after) for r in counted], s.replay_max + 1
+    )
+    for item, count in zip(counted, counts, strict=True):
+        item.count = count
+    return plan
+
+
+async def _replay(ctx: Context, plan: list[_Replay]) -> None:
+    """Everything unread, oldest first across conversations, a page at a time."""
+    messages, limit = ctx.store.messages, ctx.settings.replay_max
+    sources: list[_Source] = []
+    for item in plan:
+        if item.known:
+            sources.append(_Source(item.conversation, None, list(item.known), done=True))
+        elif item.count > limit:
+            ctx.conn.send_event(
+                Notice(f"more than {limit} unread in {item.name}; showing the last {limit}")
+            )
+            start = await messages.start_of_last(item.conversation, limit)
+            sources.append(_Source(item.conversation, start, [], left=limit))
+        elif item.count:
+            sources.append(_Source(item.conversation, item.after, [], left=item.count + PAGE))
+    page = MERGE_PAGE if len(sources) > 1 else PAGE
+    heap: list[tuple[tuple[int, int], int]] = []
+    for i, src in enumerate(sources):
+        await src.fill(ctx, page)
+        if src.buffer:
+            heap.append((src.buffer[0].key, i))
+    heapq.heapify(heap)
+    while heap:
+        _, i = heapq.heappop(heap)
+        src = sources[i]
+        run = [src.buffer.pop(0)]
+        bound = heap[0][0] if heap else None
+        while src.buffer and (bound is None or src.buffer[0].key < bound):
+            run.append(src.buffer.pop(0))
+        await ctx.conn.replay_page(src.conversation, run)
+        if not src.buffer:
+            await src.fill(ctx, page)
+        if src.buffer:
+            heapq.heappush(heap, (src.buffer[0].key, i))
+
+
+@dataclass(slots=True)
+class _Source:
+    conversation: str
+    after: str | None
+    buffer: list[Message]
+    left: int = 0  # most messages still to read
+    done: bool = False
+
+    async def fill(self, ctx: Context, page: int) -> None:
+        if self.done or self.left <= 0:
+            return
+        got = await ctx.store.messages.read_after(
+            self.conversation, self.after, min(page, self.left)
+        )
+        self.buffer = got
+        self.left -= len(got)
+        if len(got) < min(page, PAGE):
+            self.done = True
+        if got:
+            self.after = got[-1].id
+
+
+async def status(ctx: Context, cmd: GetStatus) -> None:
+    store, me = ctx.store, ctx.user
+    online = await store.presence.online(stale_ms=int(ctx.settings.heartbeat_s * 3000))
+    conversations = await store.cursors.conversations(me)
+    cursors = await store.cursors.cursors(me)
+    afters = [_later(cursors.get(c), ctx.conn.last_sent.get(c)) for c in conversations]
+    counts = await store.messages.unread_counts(
+        list(zip(conversations, afters, strict=True)), ctx.settings.replay_max
+    )
+    unread: dict[str, int] = {}
+    for conversation, count in zip(conversations, counts, strict=True):
+        if count:
+            unread[await store.reader_name(me, conversation)] = count
+    ctx.conn.send_event(StatusResult(me, ctx.gw.name, tuple(online), unread, rid=cmd.rid))
+
+
+def _later(a: str | None, b: tuple[int, int] | None) -> str | None:
+    if b is None:
+        return a
+    if a is None or parse_stream_id(a) < b:
+        return format_stream_id(b)
+    return a

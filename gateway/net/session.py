@@ -1,0 +1,483 @@
+"""One client connection: moves bytes, runs its commands in order, delivers live events.
+
+The session does not parse (its codec does), does not know what a command does
+(``gateway.handlers``) and does not build Redis keys (the store does). It owns the
+connection's state machine:
+
+    NEW --first bytes--> GUEST --login--> SYNCING --replay done--> LIVE
+     |                     |                 ^                       |
+     |                     |                 +------ resync ---------+
+     +---------------------+-----------------+-----------------------+--> CLOSED
+
+While SYNCING, live events are held back and delivered after the replay, minus any
+id the replay already sent: no gap, no duplicate.
+
+Bounds on what a peer can make it do:
+- input: what is buffered and not yet parsed is at most ``MAX_UNREAD_BYTES`` plus
+  one read (reading pauses past it); commands run one at a time, and the worker
+  yields to the loop every ``WORK_SLICE`` requests, so one client's flood cannot
+  stall the others;
+- errors: a client earning more than ``ERROR_BURST`` error replies at once
+  (refilled at ``ERROR_RATE`` per second) gets one last error and is closed;
+- sends: ``conn_send_rate`` per second, with a burst of ``conn_send_burst``;
+- output: see ``gateway.net.outbox``;
+- time: ``login_timeout_s`` to log in, ``idle_timeout_s`` without a byte from the
+  client, ``stall_timeout_s`` without it reading what is queued for it.
+
+A client that half-closes (EOF) has every line it sent before that answered, and
+is then closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Final, cast
+
+from gateway.errors import ClientError, Unavailable
+from gateway.handlers.context import Context
+from gateway.handlers.dispatch import dispatch
+from gateway.net.outbox import Outbox, tune_socket
+from gateway.protocol import (
+    Codec,
+    Command,
+    Error,
+    Event,
+    Framing,
+    JsonCodec,
+    Message,
+    Send,
+    TextCodec,
+    detect_framing,
+    http_not_implemented,
+)
+
+if TYPE_CHECKING:
+    from gateway.net.server import Gateway
+
+__all__ = ["Session", "State"]
+
+log = logging.getLogger("redchat.session")
+
+MAX_FIRST_BYTES: Final = 16  # enough to tell an HTTP method from text
+MAX_UNREAD_BYTES: Final = 64 * 1024  # past this, stop reading from the socket
+WORK_SLICE: Final = 16  # requests served before yielding to the loop
+ERROR_BURST: Final = 50
+ERROR_RATE: Final = 5.0
+
+
+class State(enum.Enum):
+    NEW = "new"
+    GUEST = "guest"
+    SYNCING = "syncing"
+    LIVE = "live"
+    CLOSED = "closed"
+
+
+_ALLOWED: Final = {
+    State.NEW: {State.GUEST, State.CLOSED},
+    State.GUEST: {State.SYNCING, State.CLOSED},
+    State.SYNCING: {State.LIVE, State.GUEST, State.CLOSED},
+    State.LIVE: {State.SYNCING, State.CLOSED},
+    State.CLOSED: set(),
+}
+
+
+class TokenBucket:
+    """``rate`` per second with a burst of ``burst``; rate 0 means unlimited."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = max(1.0, burst)
+        self.tokens = self.burst
+        self.at = time.monotonic()
+
+    def take(self) -> float:
+        """0 when allowed (one token taken), else the seconds until one is there."""
+        if not self.rate:
+            return 0.0
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class Session(asyncio.Protocol):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.settings = s = gateway.settings
+        self.state = State.NEW
+        self.codec: Codec | None = None
+        self.user: str | None = None  # display name once logged in
+        self.peer = "?"
+        self.peer_address = ""
+        self.transport: asyncio.Transport | None = None
+        self.outbox: Outbox | None = None
+        self.ctx = Context(gateway, self)
+        self._first = b""
+        self._eof = False
+        self._worker: asyncio.Task[None] | None = None
+        self._reading_paused = False
+        self._held: list[tuple[str, Message]] = []
+        self._held_bytes = 0
+        self.last_sent: dict[str, tuple[int, int]] = {}  # conversation -> last id delivered
+        self.created = self.last_heard = time.monotonic()
+        self._counted = False  # counted in the gateway's presence
+        self._errors = TokenBucket(ERROR_RATE, ERROR_BURST)
+        self._sends = TokenBucket(s.conn_send_rate, s.conn_send_burst)
+
+    # -- state ------------------------------------------------------------------
+    def _to(self, new: State) -> None:
+        if new not in _ALLOWED[self.state]:
+            raise RuntimeError(f"session cannot go from {self.state} to {new}")
+        self.state = new
+
+    @property
+    def busy(self) -> asyncio.Task[None] | None:
+        return self._worker if self._worker is not None and not self._worker.done() else None
+
+    # -- asyncio.Protocol -----------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        s = self.settings
+        tune_socket(transport, s.sndbuf_bytes)
+        self.outbox = Outbox(
+            transport,
+            self.gw.flusher,
+            max_bytes=s.max_outbox_bytes,
+            stall_s=s.stall_timeout_s,
+            on_overflow=self._slow_consumer,
+        )
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer_address = str(peer[0])
+            self.peer = f"{peer[0]}:{peer[1]}"
+        else:
+            self.peer = self.peer_address = str(peer or "local")
+        if not self.gw.admit(self):
+            self.close_with(Error("forbidden", "too many connections from your address"))
+
+    def data_received(self, data: bytes) -> None:
+        if self.state is State.CLOSED or self._eof:
+            return
+        self.last_heard = time.monotonic()
+        if self.codec is None:
+            data = self._first + data
+            framing = detect_framing(data)
+            if framing is None and len(data) < MAX_FIRST_BYTES:
+                self._first = data
+                return
+            self._first = b""
+            if framing is Framing.HTTP:
+                assert self.outbox is not None
+                self.outbox.write_now(http_not_implemented())
+                self._close_transport()
+                return
+            self._start(JsonCodec if framing is Framing.JSON else TextCodec)
+        assert self.codec is not None
+        self.codec.push(data)
+        if self.codec.buffered > MAX_UNREAD_BYTES and not self._reading_paused:
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self._reading_paused = True
+        self._kick()
+
+    def eof_received(self) -> bool:
+        """The client half-closed: answer every line it sent, then close."""
+        self._eof = True
+        if self.codec is None:
+            if self._first:
+                self._start(TextCodec)
+                assert self.codec is not None
+                self.codec.push(self._first)
+                self._first = b""
+            else:
+                return False  # said nothing: close now
+        assert self.codec is not None
+        if self.codec.buffered:
+            self.codec.push(b"\n")  # a last line without its newline still counts
+        self._kick()
+        if self.busy is None:
+            self._close_after_eof()
+        return True  # keep the write side open until the answers are out
+
+    def _start(self, codec_class: type[Codec]) -> None:
+        s = self.settings
+        self.codec = codec_class(s.max_line_bytes, s.max_text_chars)
+        self._to(State.GUEST)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was = self.state
+        if was is not State.CLOSED:
+            self._to(State.CLOSED)
+        if self._worker is not None and not self._worker.done():
+            self._worker.cancel()
+        if self.outbox is not None:
+            self.outbox.release()
+        self._held.clear()
+        self.gw.forget(self)
+        if self.user is not None and was in (State.SYNCING, State.LIVE):
+            self.gw.hub.leave(self)
+            if self._counted:
+                self.gw.user_left(self.user)
+            log.info("logout user=%s peer=%s", self.user, self.peer)
+
+    def pause_writing(self) -> None:
+        if self.outbox is not None:
+            self.outbox.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.outbox is not None:
+            self.outbox.resume_writing()
+
+    # -- output -------------------------------------------------------------------
+    def send_event(self, ev: Event) -> None:
+        if self.codec is not None and self.outbox is not None:
+            self.outbox.write(self.codec.encode(ev))
+
+    async def send_paced(self, ev: Event) -> None:
+        """A reply the client asked for (history, log): it may pass the outbox bound,
+        which is for traffic the client did not ask for; the next command waits
+        until the client has read it."""
+        if self.codec is not None and self.outbox is not None:
+            self.outbox.write(self.codec.encode(ev), bounded=False)
+            await self._drain()
+
+    async def _drain(self) -> None:
+        assert self.outbox is not None
+        if not await self.outbox.drain():
+            self._stalled()
+
+    def _slow_consumer(self) -> None:
+        log.warning(
+            "slow_consumer user=%s peer=%s: outbox over %d bytes, disconnecting",
+            self.user,
+            self.peer,
+            self.settings.max_outbox_bytes,
+        )
+        self.close_with(
+            Error("slow_consumer", "you fell too far behind; reconnect to catch up"),
+            flush=False,
+        )
+
+    def _stalled(self) -> None:
+        log.warning(
+            "slow_consumer user=%s peer=%s: read nothing for %g s, disconnecting",
+            self.user,
+            self.peer,
+            self.settings.stall_timeout_s,
+        )
+        if self.outbox is not None:
+            self.outbox.discard()
+        self._abort()
+
+    def close_with(self, ev: Event | None = None, flush: bool = True) -> None:
+        """Say a last word and close; a client that does not read is cut off after 2 s."""
+        if self.transport is None or self.transport.is_closing() or self.outbox is None:
+            return
+        if not flush:
+            self.outbox.discard()
+        self.outbox.write_now((self.codec or TextCodec()).encode(ev) if ev is not None else b"")
+        self._close_transport()
+
+    def _close_transport(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        transport.close()
+        asyncio.get_running_loop().call_later(2.0, transport.abort)
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def check_timers(self, now: float) -> None:
+        """Called about once a second by the gateway: enforce the time bounds."""
+        if self.state is State.CLOSED or self.transport is None or self.transport.is_closing():
+            return
+        s = self.settings
+        if self.user is None and now - self.created > s.login_timeout_s and self.busy is None:
+            self.close_with(Error("not_logged_in", f"no login within {s.login_timeout_s:g} s"))
+        elif s.idle_timeout_s and now - self.last_heard > s.idle_timeout_s:
+            self.close_with(Error("idle", f"nothing received for {s.idle_timeout_s:g} s; closing"))
+        elif self.outbox is not None and self.outbox.stalled_for(now) > s.stall_timeout_s:
+            self._stalled()
+
+    # -- live delivery (called by the hub, never awaits) -------------------------------
+    def deliver(self, conversation: str, msg: Message) -> None:
+        if self.state is State.LIVE:
+            self._deliver_now(conversation, msg)
+        elif self.state is State.SYNCING:
+            size = len(msg.raw or b"") or 256
+            if self._held_bytes + size > self.settings.max_outbox_bytes:
+                self._slow_consumer()
+                return
+            self._held.append((conversation, msg))
+            self._held_bytes += size
+
+    def _deliver_now(self, conversation: str, msg: Message) -> None:
+        key = msg.key
+        last = self.last_sent.get(conversation)
+        if last is not None and key <= last:
+            return
+        self.last_sent[conversation] = key
+        assert self.codec is not None and self.user is not None and self.outbox is not None
+        self.outbox.write(self.codec.encode(msg))
+        self.gw.hub.mark_delivered(self.user, conversation, msg)
+
+    # -- login and re-sync (for gateway.handlers.sync and the hub) ---------------------
+    async def begin_sync(self, user: str) -> None:
+        if self.state is State.CLOSED:
+            raise asyncio.CancelledError
+        self.user = user
+        self._to(State.SYNCING)
+        try:
+            await self.gw.hub.join(self)
+            self._counted = True  # from here on, leaving must count the user out
+            await self.gw.user_joined(user)
+        except BaseException:
+            self.undo_login()
+            raise
+
+    def undo_login(self) -> None:
+        """Login failed half-way: back to a guest, as if it had never started."""
+        if self.state is not State.SYNCING or self.user is None:
+            return
+        self.gw.hub.leave(self)
+        if self._counted:
+            self._counted = False
+            self.gw.user_left(self.user)
+        self.user = None
+        self._held.clear()
+        self._held_bytes = 0
+        self.last_sent.clear()
+        self._to(State.GUEST)
+
+    def begin_resync(self) -> bool:
+        """Hold live events while the hub re-reads what the link missed."""
+        if self.state is not State.LIVE:
+            return False
+        self._to(State.SYNCING)
+        return True
+
+    def finish_sync(self) -> None:
+        if self.state is not State.SYNCING:
+            return
+        held, self._held, self._held_bytes = self._held, [], 0
+        self._to(State.LIVE)
+        for conversation, msg in held:
+            self._deliver_now(conversation, msg)
+
+    def replay_now(self, conversation: str, page: list[Message]) -> None:
+        """Write replayed messages this session has not had, within the outbox bound."""
+        assert self.codec is not None and self.user is not None and self.outbox is not None
+        last = self.last_sent.get(conversation)
+        for msg in page:
+            if last is not None and msg.key <= last:
+                continue
+            last = msg.key
+            self.outbox.write(self.codec.encode(msg))
+        if page and last is not None:
+            self.last_sent[conversation] = last
+            self.gw.hub.mark_delivered(self.user, conversation, page[-1])
+
+    async def replay_page(self, conversation: str, page: list[Message]) -> None:
+        """Like ``replay_now``, paced by the client's reading instead of bounded:
+        a backlog it asked for is not cut as a slow consumer."""
+        assert self.codec is not None and self.user is not None and self.outbox is not None
+        last = self.last_sent.get(conversation)
+        half = self.settings.max_outbox_bytes // 2
+        for msg in page:
+            if last is not None and msg.key <= last:
+                continue
+            last = msg.key
+            self.outbox.write(self.codec.encode(msg), bounded=False)
+            if self.outbox.queued() > half:
+                await self._drain()
+        if page and last is not None:
+            self.last_sent[conversation] = last
+            self.gw.hub.mark_delivered(self.user, conversation, page[-1])
+
+    # -- commands ---------------------------------------------------------------------
+    def _kick(self) -> None:
+        if self.busy is None and self.state is not State.CLOSED:
+            self._worker = asyncio.create_task(self._work())
+
+    async def _work(self) -> None:
+        served = 0
+        while self.state is not State.CLOSED and self.codec is not None:
+            item = self.codec.next()
+            if item is None:
+                break
+            self._resume_reading_if_drained()
+            await self._serve(item)
+            served += 1
+            if served % WORK_SLICE == 0:
+                await asyncio.sleep(0)  # let the loop serve everyone else
+        self._resume_reading_if_drained()
+        if self._eof:
+            self._close_after_eof()
+
+    def _resume_reading_if_drained(self) -> None:
+        if (
+            self._reading_paused
+            and self.codec is not None
+            and self.transport is not None
+            and self.codec.buffered < MAX_UNREAD_BYTES // 2
+        ):
+            self.transport.resume_reading()
+            self._reading_paused = False
+
+    def _close_after_eof(self) -> None:
+        if self.state is not State.CLOSED:
+            self.close_with()
+
+    async def _serve(self, item: Command | Error) -> None:
+        if isinstance(item, Error):
+            self._error(item)
+            return
+        rid = getattr(item, "rid", None)
+        try:
+            if isinstance(item, Send) and self.user is not None:
+                self._check_send_rate()
+            await dispatch(self.ctx, item, self.codec.login_hint if self.codec else "")
+        except ClientError as exc:
+            self._error(Error(exc.code, exc.message, rid=rid, extra=exc.extra))
+            self._log_error(exc.code, exc.message)
+        except Unavailable as exc:
+            self.send_event(
+                Error("unavailable", "chat storage is unreachable; try again shortly", rid=rid)
+            )
+            self._log_error("unavailable", str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("bug while serving user=%s peer=%s", self.user, self.peer)
+            self.send_event(Error("internal", "internal error; it has been logged", rid=rid))
+
+    def _check_send_rate(self) -> None:
+        wait = self._sends.take()
+        if wait:
+            raise ClientError(
+                "rate_limited",
+                f"sending too fast: at most {self.settings.conn_send_rate:g} messages a second",
+                retry_after=max(1, math.ceil(wait)),
+            )
+
+    def _error(self, ev: Error) -> None:
+        """An error reply; a client that earns them faster than anyone typing gets closed."""
+        if self._errors.take():
+            self.close_with(Error("bad_request", "too many bad requests; closing", rid=ev.rid))
+            log.info("closed peer=%s user=%s: too many bad requests", self.peer, self.user)
+            return
+        self.send_event(ev)
+
+    def _log_error(self, code: str, message: str) -> None:
+        log.info("error user=%s peer=%s code=%s %s", self.user, self.peer, code, message)

@@ -1,0 +1,69 @@
+"""JSON lines: one JSON object per line, for programs and the console client."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from gateway.protocol.events import Event, Message, Rid, dumps, event_to_dict
+from gateway.protocol.framing import Codec, Framing, decode_line
+from gateway.protocol.ops import Command, Reject, TextContext, parse_json_request
+from gateway.protocol.values import MAX_RID_CHARS
+
+__all__ = ["JsonCodec"]
+
+
+class _RejectWithRid(Reject):
+    def __init__(self, code: str, message: str, rid: Rid) -> None:
+        super().__init__(code, message)
+        self.rid = rid
+
+
+def _has_surrogate(value: Any) -> bool:
+    """JSON's \\ud800 escapes decode to lone surrogates, which cannot be sent back."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_surrogate(v) for v in value)
+    return False
+
+
+class JsonCodec(Codec):
+    framing = Framing.JSON
+    login_hint = 'log in first: {"op":"login","user":"<name>","password":"<password>"}'
+
+    def __init__(self, max_line_bytes: int = 16_384, max_text_chars: int = 4000) -> None:
+        super().__init__(max_line_bytes, max_text_chars)
+        self._ctx = TextContext(max_text_chars=max_text_chars)
+
+    def parse_line(self, line: bytes) -> Command:
+        if not line.strip():
+            raise Reject("bad_request", "empty line; send one JSON object per line")
+        try:
+            obj = json.loads(decode_line(line))
+        except (ValueError, RecursionError):
+            raise Reject("bad_request", "malformed JSON") from None
+        if not isinstance(obj, dict):
+            raise Reject("bad_request", "each line must be a JSON object")
+        if b"\\u" in line and _has_surrogate(obj):
+            raise Reject("bad_request", "strings must be valid Unicode (no lone surrogates)")
+        rid = obj.get("rid")
+        if rid is not None and (
+            isinstance(rid, bool) or not isinstance(rid, str | int) or len(str(rid)) > MAX_RID_CHARS
+        ):
+            raise Reject("bad_request", f"rid must be a string or number of <= {MAX_RID_CHARS}")
+        try:
+            return parse_json_request(obj, self._ctx, rid)
+        except Reject as exc:
+            raise _RejectWithRid(exc.code, exc.message, rid) from None
+
+    def encode(self, ev: Event) -> bytes:
+        if isinstance(ev, Message) and ev.raw is not None and not ev.replay:
+            return ev.raw
+        return dumps(event_to_dict(ev))

@@ -1,0 +1,145 @@
+"""Text lines for people with nc or telnet: commands in, readable lines out.
+
+Messages are numbered per connection (``[12]``) so that ``/reply 12 ...`` can name
+one; ``ShortIds`` keeps the last 1000 numbers (the console client uses it too).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+
+from gateway.protocol.events import (
+    Ack,
+    Bye,
+    Error,
+    Event,
+    HistoryResult,
+    LogResult,
+    Message,
+    Notice,
+    Pong,
+    StatusResult,
+    Synced,
+    Welcome,
+)
+from gateway.protocol.framing import Codec, Framing, decode_line
+from gateway.protocol.ops import GENERAL, Command, TextContext, parse_text_line
+from gateway.protocol.values import printable
+
+__all__ = ["ShortIds", "TextCodec", "unread_text"]
+
+
+class ShortIds:
+    """Per-connection numbers for message ids; the last ``keep`` numbers stay usable."""
+
+    def __init__(self, keep: int = 1000) -> None:
+        self.keep = keep
+        self._numbers: OrderedDict[str, int] = OrderedDict()  # message id -> n
+        self._targets: dict[int, tuple[str, str]] = {}  # n -> (conversation, message id)
+        self._next = 1
+
+    def number(self, message_id: str, conversation: str) -> int:
+        n = self._numbers.get(message_id)
+        if n is None:
+            n = self._next
+            self._next += 1
+            self._numbers[message_id] = n
+            self._targets[n] = (conversation, message_id)
+            if len(self._numbers) > self.keep:
+                _, old = self._numbers.popitem(last=False)
+                self._targets.pop(old, None)
+        return n
+
+    def known(self, message_id: str) -> int | None:
+        return self._numbers.get(message_id)
+
+    def target(self, n: int) -> tuple[str, str] | None:
+        """(conversation, message id) of the message shown as [n], if still remembered."""
+        return self._targets.get(n)
+
+
+def unread_text(unread: Mapping[str, int]) -> str:
+    parts = [
+        f"{n} in {c}" if c.startswith("#") else f"{n} from {c}" for c, n in unread.items() if n
+    ]
+    return ", ".join(parts) or "none"
+
+
+class TextCodec(Codec):
+    framing = Framing.TEXT
+    login_hint = "log in first: /login <name> <password>"
+
+    def __init__(self, max_line_bytes: int = 16_384, max_text_chars: int = 4000) -> None:
+        super().__init__(max_line_bytes, max_text_chars)
+        self.user: str | None = None
+        self.room = GENERAL
+        self.ids = ShortIds()
+
+    # -- reading -------------------------------------------------------------
+    def parse_line(self, line: bytes) -> Command:
+        ctx = TextContext(self.max_text_chars, self.room, self.ids.target)
+        return parse_text_line(decode_line(line), ctx)
+
+    # -- writing -------------------------------------------------------------
+    def _conversation_of(self, m: Message) -> str:
+        if m.to.startswith("#"):
+            return m.to
+        if self.user is not None and m.from_.lower() == self.user.lower():
+            return m.to
+        return m.from_
+
+    def _message_line(self, m: Message) -> str:
+        n = self.ids.number(m.id, self._conversation_of(m))
+        clock = time.strftime("%H:%M:%S", time.localtime(m.ts / 1000))
+        if m.to == GENERAL:
+            where = ""
+        elif m.to.startswith("#"):
+            where = f"{m.to} "
+        elif self.user is not None and m.from_.lower() == self.user.lower():
+            where = f"(private to {m.to}) "
+        else:
+            where = "(private) "
+        reply = ""
+        if m.reply_to:
+            ref = self.ids.known(m.reply_to)
+            reply = f"(re [{ref}]) " if ref is not None else "(re an earlier message) "
+        return f"{clock} [{n}] {where}{m.from_}: {reply}{printable(m.text)}"
+
+    def encode(self, ev: Event) -> bytes:
+        lines: list[str]
+        match ev:
+            case Message():
+                lines = [self._message_line(ev)]
+            case Ack():
+                return b""  # the message itself comes back on the user's own stream
+            case Welcome():
+                self.user = ev.user
+                status = "new name claimed" if ev.new else "welcome back"
+                lines = [f"** {ev.user} logged in ({status}) on gateway {ev.gateway}."]
+                lines.append(f"** unread: {unread_text(ev.unread)}. /help lists commands.")
+            case Synced():
+                lines = ["** you are up to date"]
+            case HistoryResult():
+                lines = [f"** history of {ev.with_}: {len(ev.messages)} message(s)"]
+                lines += [self._message_line(m) for m in ev.messages]
+            case LogResult():
+                lines = [f"** your last {len(ev.messages)} message(s)"]
+                lines += [self._message_line(m) for m in ev.messages]
+            case StatusResult():
+                online = ", ".join(ev.online) or "nobody"
+                lines = [
+                    f"** you are {ev.user} on gateway {ev.gateway}; "
+                    f"online ({len(ev.online)}): {online}; unread: {unread_text(ev.unread)}"
+                ]
+            case Error():
+                extra = "".join(f"; {k}={printable(str(v))}" for k, v in ev.extra.items())
+                lines = [f"!! error ({ev.code}): {printable(ev.message)}{extra}"]
+            case Notice():
+                lines = [f"** {printable(line)}" for line in ev.text.splitlines() or [""]]
+            case Pong():
+                lines = ["** pong"]
+            case Bye():
+                lines = ["** bye"]
+        return "".join(line + "\r\n" for line in lines).encode()

@@ -1,0 +1,127 @@
+"""All of redchat's reads and writes to Redis, by domain.
+
+    keys.py      every key and channel name (the only place they are built)
+    redis.py     the client, the Lua runner, the error boundary
+    lua/*.lua    the atomic steps, each on one cluster slot
+    accounts.py  names, passwords, the login throttle
+    messages.py  the atomic send, history in pages, unread counts, the sender's log
+    cursors.py   each user's conversations and delivered-up-to cursors
+    presence.py  gateways alive and who is on each
+
+``Store`` holds one of each and the conversions between a conversation's id and
+its name from a reader's side. The store knows nothing about sockets or
+sessions; Redis being unreachable leaves it as ``gateway.errors.Unavailable``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from redis.asyncio import Redis
+
+from gateway.errors import ClientError
+from gateway.store.accounts import Account, Accounts, LoginLimits, hash_password, verify_password
+from gateway.store.cursors import Cursors
+from gateway.store.keys import GENERAL, Keys, dm_conversation, is_room
+from gateway.store.messages import Messages, SendResult, entry_to_message
+from gateway.store.presence import Presence
+from gateway.store.redis import REDIS_DOWN, Scripts, boundary, make_redis
+from gateway.store.time import now_ms
+
+__all__ = [
+    "GENERAL",
+    "REDIS_DOWN",
+    "Account",
+    "Keys",
+    "LoginLimits",
+    "SendResult",
+    "Store",
+    "dm_conversation",
+    "entry_to_message",
+    "hash_password",
+    "is_room",
+    "make_redis",
+    "now_ms",
+    "verify_password",
+]
+
+
+@boundary
+class Store:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        message_ttl_s: int = 3600,
+        history_max_len: int = 100_000,
+        idempotency_ttl_s: int = 300,
+        login: LoginLimits | None = None,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.scripts = Scripts(redis)
+        self.accounts = Accounts(redis, keys, self.scripts, login or LoginLimits())
+        self.messages = Messages(
+            redis,
+            keys,
+            self.scripts,
+            message_ttl_s=message_ttl_s,
+            history_max_len=history_max_len,
+            idempotency_ttl_s=idempotency_ttl_s,
+        )
+        self.cursors = Cursors(redis, keys, self.scripts, message_ttl_s)
+        self.presence = Presence(redis, keys)
+
+    def forget_cached(self) -> None:
+        """Redis may have lost data (it restarted): look everything up again."""
+        self.accounts.forget_cached()
+        self.messages.forget_cached()
+
+    # -- conversations from a reader's side ---------------------------------------
+    async def resolve(self, me: str, target: str) -> tuple[str, str]:
+        """(conversation id, name as ``me`` sees it) for '#room' or a user name."""
+        if is_room(target):
+            if target != GENERAL:
+                raise ClientError("not_found", f"no room {target}")
+            return GENERAL, GENERAL
+        name = await self.accounts.display_name(target)
+        if name is None:
+            raise ClientError("unknown_user", f"no user named {target}")
+        return dm_conversation(me, name), name
+
+    async def reader_name(self, me: str, conversation: str) -> str:
+        """A conversation's name from ``me``'s side: '#room' or the other user."""
+        if is_room(conversation):
+            return conversation
+        _, a, b = conversation.split(":", 2)
+        other = b if a == me.lower() else a
+        return await self.accounts.display_name(other) or other
+
+    async def reader_names(self, me: str, conversations: Sequence[str]) -> list[str]:
+        return [await self.reader_name(me, c) for c in conversations]
+
+    # -- sending -------------------------------------------------------------------
+    async def send(
+        self,
+        sender: str,
+        conversation: str,
+        to: str,
+        text: str,
+        *,
+        cid: str | None = None,
+        reply_to: str | None = None,
+    ) -> SendResult:
+        """Store and publish one message; ``to`` is '#room' or the recipient's display name."""
+        k = self.keys
+        if is_room(conversation):
+            channels, lists = [k.room_channel(conversation)], None
+        else:
+            channels = [k.user_channel(sender)]
+            if sender.lower() != to.lower():
+                channels.append(k.user_channel(to))
+            lists = (k.conversations(sender), k.conversations(to))
+        return await self.messages.send(
+            sender, conversation, to, text, channels=channels, cid=cid, reply_to=reply_to,
+            lists=lists,
+        )  # fmt: skip

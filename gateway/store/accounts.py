@@ -1,0 +1,212 @@
+"""Accounts: claiming a name, checking a password, throttling wrong guesses.
+
+Passwords are scrypt hashes with a salt, computed on a small thread pool of
+``scrypt_threads`` with at most ``scrypt_queue`` waiting, so a flood of logins
+can neither starve the event loop nor queue without bound: past the queue a
+login is answered ``rate_limited`` at once.
+
+The throttle (docs/operations.md, "Logins"), every counter taken atomically before
+the password is checked, so concurrent guesses cannot all pass:
+- per (name, address): ``login_fail_limit`` (5) attempts that were not right per
+  ``login_fail_window_s`` (300 s): one address guessing one name;
+- per address, any name: ``login_fail_per_address`` (50) per window: one
+  address spraying many names;
+- per name, any address: ``login_fail_per_name`` (100) per window: a guess
+  spread over many addresses. An address the owner logged in from before
+  (the last 20 are remembered) is exempt from this one and from the per-address
+  one, so a stranger cannot lock the owner out of their own name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Final
+
+from redis.asyncio import Redis
+
+from gateway.errors import ClientError
+from gateway.store.keys import Keys
+from gateway.store.redis import Scripts, boundary
+from gateway.store.time import now_ms
+
+__all__ = ["Account", "Accounts", "hash_password", "verify_password"]
+
+SCRYPT_R: Final = 8
+SCRYPT_P: Final = 1
+KNOWN_ADDRESSES_KEPT: Final = 20
+_CACHE_MAX: Final = 100_000
+
+
+def hash_password(password: str, n: int) -> str:
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=n, r=SCRYPT_R, p=SCRYPT_P, maxmem=256 * n * SCRYPT_R
+    )
+    b64 = base64.b64encode
+    return f"scrypt${n}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.b64decode(digest)
+        got = hashlib.scrypt(
+            password.encode(),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            maxmem=256 * int(n) * int(r),
+            dklen=len(expected),
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, expected)
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    name: str  # display case, as first claimed
+    new: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LoginLimits:
+    fail_limit: int = 5  # per (name, address)
+    per_address: int = 50
+    per_name: int = 100
+    window_s: int = 300
+    scrypt_n: int = 1 << 14
+    scrypt_threads: int = 1
+    scrypt_queue: int = 32
+
+
+class _Hasher:
+    """scrypt off the event loop, on a bounded pool with a bounded queue."""
+
+    def __init__(self, threads: int, queue: int) -> None:
+        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="scrypt")
+        self._slots = asyncio.BoundedSemaphore(max(1, threads) + queue)
+
+    async def run(self, fn: object, *args: object) -> object:
+        if self._slots.locked():
+            raise ClientError(
+                "rate_limited", "the server is busy checking passwords", retry_after=1
+            )
+        async with self._slots:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, fn, *args)  # type: ignore[arg-type]
+
+
+@boundary
+class Accounts:
+    def __init__(self, redis: Redis, keys: Keys, scripts: Scripts, limits: LoginLimits) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.scripts = scripts
+        self.limits = limits
+        self._hasher: _Hasher | None = None
+        self._names: dict[str, str] = {}  # lower-case name -> display name
+
+    def _hash(self) -> _Hasher:
+        # Made on first use: the semaphore belongs to the running loop.
+        if self._hasher is None:
+            self._hasher = _Hasher(self.limits.scrypt_threads, self.limits.scrypt_queue)
+        return self._hasher
+
+    async def display_name(self, user: str) -> str | None:
+        """A name's display case, or None if nobody claimed it (claimed names are cached)."""
+        key = user.lower()
+        cached = self._names.get(key)
+        if cached is not None:
+            return cached
+        name = await self.redis.hget(self.keys.account(user), "name")
+        if name is None:
+            return None
+        self._remember(str(name))
+        return str(name)
+
+    def _remember(self, name: str) -> None:
+        if len(self._names) >= _CACHE_MAX:
+            self._names.clear()
+        self._names[name.lower()] = name
+
+    def forget_cached(self) -> None:
+        self._names.clear()
+
+    async def login(self, user: str, password: str, address: str = "") -> Account:
+        """Claim ``user`` with ``password``, or check the password of a claimed name."""
+        k, lim = self.keys, self.limits
+        known = bool(address) and (
+            await self.redis.zscore(k.known_addresses(user), address) is not None
+        )
+        name_keys = [k.login_failures(user, address), k.login_failures(user)]
+        name_args = [lim.fail_limit, lim.window_s, 0 if known else lim.per_name, lim.window_s]
+        await self._attempt(name_keys, name_args, user)
+        addr_key = k.address_failures(address) if address else None
+        if addr_key is not None:
+            try:
+                limit = 0 if known else lim.per_address
+                await self._attempt([addr_key], [limit, lim.window_s], user)
+            except BaseException:
+                await asyncio.shield(self._give_back(name_keys, None, right=False))
+                raise
+        try:
+            account = await self._check(user, password)
+        except ClientError as exc:
+            if exc.code != "bad_password":  # only a wrong guess stays counted
+                await asyncio.shield(self._give_back(name_keys, addr_key, right=False))
+            raise
+        except BaseException:
+            await asyncio.shield(self._give_back(name_keys, addr_key, right=False))
+            raise
+        await self._give_back(name_keys, addr_key, right=True)
+        if address:
+            await self._remember_address(user, address)
+        return account
+
+    async def _attempt(self, keys: list[str], args: list[int], user: str) -> None:
+        denied, retry = await self.scripts.call("login_attempt", keys, args)
+        if denied:
+            raise ClientError(
+                "rate_limited",
+                f"too many failed logins for {user}; try again in {int(retry)} s",
+                retry_after=int(retry),
+            )
+
+    async def _give_back(self, name_keys: list[str], addr_key: str | None, right: bool) -> None:
+        """The attempt was not a wrong guess. The right password clears the
+        (name, address) count; the other counts get this one attempt back."""
+        await self.scripts.call("login_ok", name_keys, [1 if right else 0])
+        if addr_key is not None:
+            await self.scripts.call("login_ok", [addr_key], [0])
+
+    async def _remember_address(self, user: str, address: str) -> None:
+        key = self.keys.known_addresses(user)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(key, {address: now_ms()})
+            pipe.zremrangebyrank(key, 0, -KNOWN_ADDRESSES_KEPT - 1)
+            await pipe.execute()
+
+    async def _check(self, user: str, password: str) -> Account:
+        account_key = self.keys.account(user)
+        stored = await self.redis.hmget(account_key, ["name", "pw"])
+        if stored[1] is None:
+            pw = await self._hash().run(hash_password, password, self.limits.scrypt_n)
+            if await self.scripts.call("claim", [account_key], [user, pw, now_ms()]):
+                self._remember(user)
+                return Account(user, new=True)
+            stored = await self.redis.hmget(account_key, ["name", "pw"])
+        name, pw_hash = str(stored[0]), str(stored[1])
+        if await self._hash().run(verify_password, password, pw_hash):
+            self._remember(name)
+            return Account(name, new=False)
+        raise ClientError("bad_password", f"wrong password for {name}")

@@ -1,0 +1,58 @@
+"""Conversations and cursors: what each user reads, and how far it was delivered.
+
+A user's direct conversations are a sorted set scored by last activity (ms,
+refreshed at most once a minute by the send path). A conversation whose history
+has expired leaves the list, with its cursor, the next time the list is read, so
+the list is bounded by what is alive. ``#general`` is everyone's and not listed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from gateway.store.keys import GENERAL, Keys
+from gateway.store.redis import Scripts, boundary
+from gateway.store.time import now_ms
+
+__all__ = ["Cursors"]
+
+PRUNE_SLACK_MS = 120_000  # the list's scores lag the last message by up to a minute
+
+
+@boundary
+class Cursors:
+    def __init__(self, redis: Redis, keys: Keys, scripts: Scripts, message_ttl_s: int) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.scripts = scripts
+        self.message_ttl_s = message_ttl_s
+
+    async def conversations(self, user: str) -> list[str]:
+        """Every conversation the user reads: #general first, then direct ones."""
+        k = self.keys
+        if self.message_ttl_s:
+            before = now_ms() - self.message_ttl_s * 1000 - PRUNE_SLACK_MS
+            await self.scripts.call(
+                "prune_conversations", [k.conversations(user), k.cursors(user)], [before]
+            )
+        dms = await self.redis.zrange(k.conversations(user), 0, -1)
+        return [GENERAL, *sorted(str(c) for c in dms)]
+
+    async def cursors(self, user: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(self.keys.cursors(user))
+        return {str(k): str(v) for k, v in raw.items()}
+
+    async def advance(self, items: Mapping[str, Mapping[str, str]]) -> None:
+        """Save delivered ids: {user: {conversation: id}}; a cursor never moves back."""
+        if not items:
+            return
+
+        def fill(pipe: Pipeline) -> None:
+            for user, convs in items.items():
+                args = [x for pair in convs.items() for x in pair]
+                self.scripts.queue(pipe, "advance", [self.keys.cursors(user)], args)
+
+        await self.scripts.run_pipeline(fill, ("advance",))

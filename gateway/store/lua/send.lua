@@ -1,0 +1,33 @@
+-- One message, one atomic step on one conversation's keys: dedupe by client id,
+-- check the replied-to message, number it, append, trim, remember the client id,
+-- publish. Returns {1, id} stored, {0, id} a retry of a stored message,
+-- {-1, ''} no such reply_to.
+local stream, cid_key, seq_key = KEYS[1], KEYS[2], KEYS[3]
+local from, to, text, reply_to = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local cid_ttl_s, has_cid = ARGV[5], ARGV[6] == '1'
+local min_id, max_len, json_tail = ARGV[7], ARGV[8], ARGV[9]
+local first_channel = 10
+
+if has_cid then
+  local seen = redis.call('GET', cid_key)
+  if seen then return {0, seen} end
+end
+if reply_to ~= '' and #redis.call('XRANGE', stream, reply_to, reply_to) == 0 then
+  return {-1, ''}
+end
+-- n numbers the conversation's messages, so unread counts are a subtraction.
+local n = redis.call('INCR', seq_key)
+local id
+if reply_to ~= '' then
+  id = redis.call('XADD', stream, 'MAXLEN', '~', max_len, '*',
+    'from', from, 'to', to, 'text', text, 'n', n, 'reply_to', reply_to)
+else
+  id = redis.call('XADD', stream, 'MAXLEN', '~', max_len, '*',
+    'from', from, 'to', to, 'text', text, 'n', n)
+end
+if min_id ~= '' then redis.call('XTRIM', stream, 'MINID', '~', min_id) end
+if has_cid then redis.call('SET', cid_key, id, 'EX', cid_ttl_s) end
+local payload = '{"type":"message","id":"' .. id .. '","ts":' ..
+  string.match(id, '^(%d+)') .. json_tail
+for i = first_channel, #ARGV do redis.call('PUBLISH', ARGV[i], payload) end
+return {1, id}

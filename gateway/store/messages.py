@@ -1,0 +1,421 @@
+"""Messages: the atomic send, history reads in pages, unread counts, the sender's log.
+
+Each conversation is one stream (the source of truth). Every entry carries ``n``,
+its number in the conversation (a counter in the same slot), so how many
+messages follow an id is a subtraction of two numbers, never a count that grows
+with history.
+
+Sends made in the same loop turn, from any session, share one pipeline for their
+atomic steps and one for their logs. Every caller's future is resolved, whatever
+happens to the batch or to any one caller (a caller cancelled while waiting
+simply does not look at its result).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, cast
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from gateway.errors import ClientError, Unavailable
+from gateway.protocol.events import Message, message_json_tail
+from gateway.protocol.values import MAX_STREAM_ID, format_stream_id, parse_stream_id
+from gateway.store.keys import Keys
+from gateway.store.redis import REDIS_DOWN, Scripts, boundary
+from gateway.store.time import now_ms
+
+__all__ = ["Messages", "SendResult", "entry_to_message"]
+
+log = logging.getLogger("redchat.store")
+
+# A retry comes within the 5-minute idempotency window: its entry, if written, is recent.
+_RETRY_LOG_LOOKBACK: Final = 200
+_CACHE_MAX: Final = 100_000
+PAGE: Final = 200  # entries per read: no single command's cost grows with history
+LEGACY_COUNT_CAP: Final = 1000  # entries written before ``n`` existed are counted up to this
+
+Entries = list[tuple[str, dict[str, str]]]
+
+
+def _entries(raw: Any) -> Entries:
+    """redis-py types stream replies loosely; with decode_responses they are these."""
+    return cast(Entries, raw or [])
+
+
+def entry_to_message(entry: tuple[str, Mapping[str, str]], replay: bool = False) -> Message:
+    sid, fields = entry
+    return Message(
+        id=sid,
+        from_=fields.get("from", "?"),
+        to=fields.get("to", "?"),
+        text=fields.get("text", ""),
+        ts=int(sid.partition("-")[0]),
+        reply_to=fields.get("reply_to") or None,
+        replay=replay,
+    )
+
+
+def _id_before(sid: str) -> str:
+    ms, seq = parse_stream_id(sid)
+    return format_stream_id((ms, seq - 1) if seq else (ms - 1, MAX_STREAM_ID[1]))
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    id: str
+    duplicate: bool
+
+
+@dataclass(slots=True)
+class _PendingSend:
+    keys: tuple[str, str, str]
+    args: list[Any]
+    log_key: str
+    log_fields: dict[str, str]
+    touch: tuple[str, str, str] | None  # (sender's list, recipient's list, conversation)
+    future: asyncio.Future[tuple[int, str]]
+
+
+@boundary
+class Messages:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        scripts: Scripts,
+        *,
+        message_ttl_s: int = 3600,
+        history_max_len: int = 100_000,
+        idempotency_ttl_s: int = 300,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.scripts = scripts
+        self.message_ttl_s = message_ttl_s
+        self.history_max_len = history_max_len
+        self.idempotency_ttl_s = idempotency_ttl_s
+        # How often a direct conversation's place in both users' lists is refreshed.
+        self.touch_every_ms = min(60_000, max(1000, message_ttl_s * 100)) if message_ttl_s else 0
+        self._sends: list[_PendingSend] = []
+        self._flush_scheduled = False
+        self._flushes: set[asyncio.Task[None]] = set()
+        self._touched: dict[str, int] = {}  # direct conversation -> when last listed (ms)
+
+    # -- lifetime -------------------------------------------------------------
+    def min_id(self) -> str:
+        """Oldest id still alive ("0-0" when messages live forever)."""
+        if not self.message_ttl_s:
+            return "0-0"
+        return f"{now_ms() - self.message_ttl_s * 1000}-0"
+
+    def _start_after(self, after: str | None) -> str | None:
+        """XRANGE start for "after this id", never earlier than the lifetime allows;
+        None when nothing can come after it."""
+        floor = self.min_id()
+        if after is None:
+            return floor
+        key = parse_stream_id(after)
+        if key >= MAX_STREAM_ID:
+            return None
+        if key < parse_stream_id(floor):
+            return floor
+        return "(" + after
+
+    def forget_cached(self) -> None:
+        """Redis may have lost data (it restarted): list conversations again."""
+        self._touched.clear()
+
+    # -- sending ----------------------------------------------------------------
+    async def send(
+        self,
+        sender: str,
+        conversation: str,
+        to: str,
+        text: str,
+        *,
+        channels: Sequence[str],
+        cid: str | None = None,
+        reply_to: str | None = None,
+        lists: tuple[str, str] | None = None,
+    ) -> SendResult:
+        """Store a message and publish it on ``channels``, in one atomic step; then log it.
+
+        ``sender`` and ``to`` are display names (``to`` is ``#room`` for rooms).
+        ``lists`` are the two users' conversation lists for a direct conversation.
+        """
+        k = self.keys
+        stream = k.stream(conversation)
+        args: list[Any] = [
+            sender,
+            to,
+            text,
+            reply_to or "",
+            self.idempotency_ttl_s,
+            "1" if cid else "0",
+            self.min_id() if self.message_ttl_s else "",
+            self.history_max_len,
+            message_json_tail(sender, to, text, reply_to),
+            *channels,
+        ]
+        log_fields = {"id": "", "to": to, "text": text}
+        if reply_to:
+            log_fields["reply_to"] = reply_to
+        touch = None
+        if lists is not None and self._due_touch(conversation):
+            touch = (lists[0], lists[1], conversation)
+        pending = _PendingSend(
+            keys=(
+                stream,
+                k.sent(conversation, sender, cid) if cid else stream,
+                k.seq(conversation),
+            ),
+            args=args,
+            log_key=k.log(sender),
+            log_fields=log_fields,
+            touch=touch,
+            future=asyncio.get_running_loop().create_future(),
+        )
+        self._sends.append(pending)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_flush)
+        status, sid = await pending.future
+        if status == -1:
+            raise ClientError("not_found", f"no message {reply_to} in {to}")
+        return SendResult(sid, duplicate=status == 0)
+
+    def _due_touch(self, conversation: str) -> bool:
+        last = self._touched.get(conversation)
+        return last is None or now_ms() - last >= self.touch_every_ms
+
+    def _start_flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._sends = self._sends, []
+        task = asyncio.create_task(self._flush_sends(batch))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush_sends(self, batch: list[_PendingSend]) -> None:
+        """One round trip for every atomic step of the batch, one for their logs.
+
+        A direct conversation is listed for both users (ZADD) before its first
+        message exists, so a recipient logging in meanwhile either finds it or is
+        already subscribed when the message is published.
+        """
+        results: list[Any] | None = None
+        failure: BaseException | None = None
+        try:
+            results = await self._run_send_scripts(batch)
+            try:
+                await self._write_logs(batch, results)
+            except REDIS_DOWN as exc:
+                # The messages are stored (that is what an ack promises); only the
+                # senders' own logs miss them.
+                log.warning("stored %d message(s) but could not log them: %s", len(batch), exc)
+        except BaseException as exc:
+            failure = exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._resolve(batch, results, failure)
+
+    @staticmethod
+    def _resolve(
+        batch: list[_PendingSend], results: list[Any] | None, failure: BaseException | None
+    ) -> None:
+        """Every caller's future gets its result or an error, whatever else happened."""
+        for i, item in enumerate(batch):
+            fut = item.future
+            if fut.done():  # its caller was cancelled (disconnected) meanwhile
+                continue
+            result = results[i] if results is not None else None
+            if result is None or isinstance(result, BaseException):
+                error = result if isinstance(result, BaseException) else failure
+                if error is None or not isinstance(error, Exception):
+                    error = Unavailable("the send was interrupted")
+                fut.set_exception(error)
+            else:
+                fut.set_result((int(result[0]), str(result[1])))
+
+    async def _write_logs(self, batch: list[_PendingSend], results: list[Any]) -> None:
+        new = [
+            (item, str(r[1]))
+            for item, r in zip(batch, results, strict=True)
+            if not isinstance(r, Exception) and r[0] == 1
+        ]
+        retried = [
+            (item, str(r[1]))
+            for item, r in zip(batch, results, strict=True)
+            if not isinstance(r, Exception) and r[0] == 0
+        ]
+        if retried:
+            # A retry of a stored message: its first attempt may have died before
+            # logging it (the rare path, so the look costs nothing on the common one).
+            new += await self._not_logged(retried)
+        if not new:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for item, sid in new:
+                # Capped here; trimmed by lifetime by the worker (reads filter it anyway).
+                pipe.xadd(
+                    item.log_key,
+                    dict(item.log_fields, id=sid),  # type: ignore[arg-type]
+                    maxlen=self.history_max_len,
+                    approximate=True,
+                )
+            await pipe.execute()
+
+    async def _not_logged(
+        self, retried: list[tuple[_PendingSend, str]]
+    ) -> list[tuple[_PendingSend, str]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for item, _ in retried:
+                pipe.xrevrange(item.log_key, count=_RETRY_LOG_LOOKBACK)
+            recent: list[Entries] = await pipe.execute()
+        return [
+            (item, sid)
+            for (item, sid), entries in zip(retried, recent, strict=True)
+            if all(fields.get("id") != sid for _, fields in entries or [])
+        ]
+
+    async def _run_send_scripts(self, batch: list[_PendingSend]) -> list[Any]:
+        """The send script for each item (its list updates first); a result or an error each."""
+        now = now_ms()
+
+        def fill(pipe: Pipeline) -> None:
+            for item in batch:
+                if item.touch is not None:
+                    own, other, conversation = item.touch
+                    pipe.zadd(own, {conversation: now}, gt=True)
+                    pipe.zadd(other, {conversation: now}, gt=True)
+                self.scripts.queue(pipe, "send", item.keys, item.args)
+
+        raw = await self.scripts.run_pipeline(fill, ("send",))
+        kinds = [k for item in batch for k in (["zadd", "zadd"] if item.touch else []) + ["send"]]
+        results = [r for r, kind in zip(raw, kinds, strict=True) if kind == "send"]
+        for item in batch:
+            if item.touch is not None:
+                if len(self._touched) >= _CACHE_MAX:
+                    self._touched.clear()
+                self._touched[item.touch[2]] = now
+        return results
+
+    # -- reading ------------------------------------------------------------------
+    async def read_after(self, conversation: str, after: str | None, count: int) -> list[Message]:
+        """Up to ``count`` (at most a page) live messages after ``after``, oldest first."""
+        start = self._start_after(after)
+        if start is None:
+            return []
+        entries = _entries(
+            await self.redis.xrange(
+                self.keys.stream(conversation), min=start, max="+", count=min(count, PAGE)
+            )
+        )
+        return [entry_to_message(e, replay=True) for e in entries]
+
+    async def read_last(
+        self, conversation: str, count: int, before: str | None = None
+    ) -> list[Message]:
+        """The last ``count`` (at most a page) live messages before ``before``, oldest first."""
+        if before is not None and parse_stream_id(before) == (0, 0):
+            return []  # nothing is older than the first possible id
+        entries = _entries(
+            await self.redis.xrevrange(
+                self.keys.stream(conversation),
+                max="+" if before is None else "(" + before,
+                min=self.min_id(),
+                count=min(count, PAGE),
+            )
+        )
+        return [entry_to_message(e, replay=True) for e in reversed(entries)]
+
+    async def start_of_last(self, conversation: str, count: int) -> str | None:
+        """The id just before the last ``count`` live messages (None: from the start),
+        found a page at a time, so replaying "the newest N" stays in pages."""
+        stream, floor = self.keys.stream(conversation), self.min_id()
+        top, seen = "+", 0
+        while True:
+            entries = _entries(
+                await self.redis.xrevrange(stream, max=top, min=floor, count=PAGE + 1)
+            )
+            page = entries[:PAGE]
+            if seen + len(page) >= count:
+                return _id_before(entries[count - seen - 1][0])
+            if len(entries) <= PAGE:
+                return None
+            seen += PAGE
+            top = entries[PAGE][0]
+
+    async def unread_counts(self, wanted: Sequence[tuple[str, str | None]], cap: int) -> list[int]:
+        """For each (conversation, after id): live messages after it, at most ``cap``.
+
+        Two single-entry reads per conversation, all in one round trip: the first
+        live entry after the id and the last entry; their ``n`` numbers subtract.
+        """
+        if not wanted:
+            return []
+        starts = [self._start_after(after) for _, after in wanted]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for (conversation, _), start in zip(wanted, starts, strict=True):
+                stream = self.keys.stream(conversation)
+                pipe.xrange(stream, min=start or "+", max="+", count=1)
+                pipe.xrevrange(stream, count=1)
+            raw: list[Any] = await pipe.execute()
+        counts: list[int] = []
+        legacy: list[int] = []
+        for i, start in enumerate(starts):
+            first, last = _entries(raw[2 * i]), _entries(raw[2 * i + 1])
+            if start is None or not first:
+                counts.append(0)
+                continue
+            n_first, n_last = first[0][1].get("n"), last[0][1].get("n") if last else None
+            if n_first is None or n_last is None or int(n_last) < int(n_first):
+                legacy.append(i)
+                counts.append(0)
+                continue
+            counts.append(min(cap, int(n_last) - int(n_first) + 1))
+        for i in legacy:  # written before entries were numbered: a bounded count
+            conversation, _ = wanted[i]
+            start = starts[i]
+            assert start is not None
+            entries = await self.redis.xrange(
+                self.keys.stream(conversation), min=start, max="+", count=min(cap, LEGACY_COUNT_CAP)
+            )
+            counts[i] = len(entries or [])
+        return counts
+
+    async def last_ids(self, conversations: Sequence[str]) -> list[str | None]:
+        """The newest id of each conversation (None when it has no messages)."""
+        if not conversations:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for conversation in conversations:
+                pipe.xrevrange(self.keys.stream(conversation), count=1)
+            raw: list[Any] = await pipe.execute()
+        return [_entries(r)[0][0] if r else None for r in raw]
+
+    async def log(self, user: str, limit: int) -> list[Message]:
+        entries = _entries(
+            await self.redis.xrevrange(
+                self.keys.log(user), max="+", min=self.min_id(), count=min(limit, PAGE)
+            )
+        )
+        out = []
+        for _, fields in reversed(entries):
+            sid = fields["id"]
+            out.append(
+                Message(
+                    id=sid,
+                    from_=user,
+                    to=fields.get("to", "?"),
+                    text=fields.get("text", ""),
+                    ts=int(sid.partition("-")[0]),
+                    reply_to=fields.get("reply_to") or None,
+                )
+            )
+        return out
