@@ -201,8 +201,7 @@ class Session(asyncio.Protocol):
             else:
                 return False  # said nothing: close now
         assert self.codec is not None
-        if self.codec.buffered:
-            self.codec.push(b"\n")  # a last line without its newline still counts
+        self.codec.finish()  # a last line without its newline still counts
         self._kick()
         if self.busy is None:
             self._close_after_eof()

@@ -84,6 +84,11 @@ class LineSplitter:
     def push(self, data: bytes) -> None:
         self._buf += data
 
+    def finish(self) -> None:
+        """The stream ended: a last line without its newline still counts."""
+        if len(self._buf) > self._pos and not self._buf.endswith(b"\n"):
+            self._buf += b"\n"
+
     def next_line(self) -> bytes | _TooLong | None:
         while True:
             nl = self._buf.find(b"\n", self._pos)
@@ -142,6 +147,9 @@ class Codec:
 
     def push(self, data: bytes) -> None:
         self._lines.push(data)
+
+    def finish(self) -> None:
+        self._lines.finish()
 
     def next(self) -> Command | Error | None:
         """The next request read, an ``Error`` in place of one that could not be
