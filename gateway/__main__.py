@@ -295,7 +295,9 @@ def _answers(host: str, port: int) -> bool:
 
 
 # Runs in its own session, so Ctrl-C does not reach it; stdin is a pipe from the
-# supervisor, which closes when the supervisor exits in any way.
+# supervisor, which closes when the supervisor exits in any way. A process rather
+# than a parent-death signal on redis-server: it works on any OS, and how
+# redis-server is started belongs to gateway.embedded_redis.
 _LIFELINE = """\
 import os, signal, sys
 pid = int(sys.argv[1])
