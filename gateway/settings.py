@@ -66,7 +66,9 @@ class GatewaySettings(StoreSettings):
     login_fail_window_s: int = opt(300, "seconds a failed-login count is kept")
     scrypt_n: int = opt(1 << 14, "scrypt cost (N) for new passwords")
     scrypt_threads: int = opt(1, "threads that check passwords (off the event loop)")
-    scrypt_queue: int = opt(32, "logins that may wait for a password check; more get rate_limited")
+    scrypt_queue: int = opt(
+        4096, "logins that may wait (10 s at most) for a password check; more get rate_limited"
+    )
     conn_send_rate: float = opt(5.0, "messages per second one connection may send; 0 for no cap")
     conn_send_burst: int = opt(30, "messages a connection may send at once before the rate applies")
     idle_timeout_s: float = opt(

@@ -5,8 +5,11 @@ Passwords are scrypt hashes with a salt, computed on a small thread pool of
 can neither starve the event loop nor queue without bound: past the queue a
 login is answered ``rate_limited`` at once.
 
-The throttle (docs/operations.md, "Logins"), every counter taken atomically before
-the password is checked, so concurrent guesses cannot all pass:
+The throttle (docs/operations.md, "Logins"). The (name, address) counter is taken
+atomically before the password is checked, so concurrent guesses cannot all
+pass; the looser ones are checked first and count wrong passwords afterwards
+(concurrency there is bounded by the pair counter and the scrypt queue), so a
+login storm of right passwords from one address is not mistaken for guessing:
 - per (name, address): ``login_fail_limit`` (5) attempts that were not right per
   ``login_fail_window_s`` (300 s): one address guessing one name;
 - per address, any name: ``login_fail_per_address`` (50) per window: one
@@ -86,24 +89,38 @@ class LoginLimits:
     window_s: int = 300
     scrypt_n: int = 1 << 14
     scrypt_threads: int = 1
-    scrypt_queue: int = 32
+    scrypt_queue: int = 4096
 
 
 class _Hasher:
-    """scrypt off the event loop, on a bounded pool with a bounded queue."""
+    """scrypt off the event loop, on a bounded pool: at most ``queue`` logins wait,
+    each at most ``wait_s``; past either, ``rate_limited`` at once."""
 
-    def __init__(self, threads: int, queue: int) -> None:
+    def __init__(self, threads: int, queue: int, wait_s: float = 10.0) -> None:
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="scrypt")
-        self._slots = asyncio.BoundedSemaphore(max(1, threads) + queue)
+        self._slots = asyncio.Semaphore(max(1, threads))
+        self._waiting = 0
+        self._queue = queue
+        self._wait_s = wait_s
 
     async def run(self, fn: object, *args: object) -> object:
-        if self._slots.locked():
+        if self._waiting >= self._queue:
+            raise ClientError("rate_limited", "busy checking passwords; try again", retry_after=1)
+        self._waiting += 1
+        try:
+            async with asyncio.timeout(self._wait_s):
+                await self._slots.acquire()
+        except TimeoutError:
             raise ClientError(
-                "rate_limited", "the server is busy checking passwords", retry_after=1
-            )
-        async with self._slots:
+                "rate_limited", "busy checking passwords; try again", retry_after=1
+            ) from None
+        finally:
+            self._waiting -= 1
+        try:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._pool, fn, *args)  # type: ignore[arg-type]
+        finally:
+            self._slots.release()
 
 
 @boundary
@@ -148,32 +165,34 @@ class Accounts:
         known = bool(address) and (
             await self.redis.zscore(k.known_addresses(user), address) is not None
         )
-        name_keys = [k.login_failures(user, address), k.login_failures(user)]
-        name_args = [lim.fail_limit, lim.window_s, 0 if known else lim.per_name, lim.window_s]
-        await self._attempt(name_keys, name_args, user)
+        pair, name_key = k.login_failures(user, address), k.login_failures(user)
         addr_key = k.address_failures(address) if address else None
-        if addr_key is not None:
-            try:
-                limit = 0 if known else lim.per_address
-                await self._attempt([addr_key], [limit, lim.window_s], user)
-            except BaseException:
-                await asyncio.shield(self._give_back(name_keys, None, right=False))
-                raise
+        if addr_key is not None and not known:
+            await self._attempt([addr_key], [lim.per_address, lim.window_s, "check"], user)
+        per_name = 0 if known else lim.per_name
+        await self._attempt(
+            [pair, name_key],
+            [lim.fail_limit, lim.window_s, "reserve", per_name, lim.window_s, "check"],
+            user,
+        )
         try:
             account = await self._check(user, password)
         except ClientError as exc:
-            if exc.code != "bad_password":  # only a wrong guess stays counted
-                await asyncio.shield(self._give_back(name_keys, addr_key, right=False))
+            if exc.code == "bad_password":  # a wrong guess: it counts everywhere
+                await self._count_failure(name_key, addr_key)
+            else:
+                await asyncio.shield(self.scripts.call("login_ok", [pair], [0]))
             raise
         except BaseException:
-            await asyncio.shield(self._give_back(name_keys, addr_key, right=False))
+            await asyncio.shield(self.scripts.call("login_ok", [pair], [0]))
             raise
-        await self._give_back(name_keys, addr_key, right=True)
+        # The right password: the pair's count goes (the owner is in).
+        await self.scripts.call("login_ok", [pair], [1])
         if address:
             await self._remember_address(user, address)
         return account
 
-    async def _attempt(self, keys: list[str], args: list[int], user: str) -> None:
+    async def _attempt(self, keys: list[str], args: list[int | str], user: str) -> None:
         denied, retry = await self.scripts.call("login_attempt", keys, args)
         if denied:
             raise ClientError(
@@ -182,12 +201,11 @@ class Accounts:
                 retry_after=int(retry),
             )
 
-    async def _give_back(self, name_keys: list[str], addr_key: str | None, right: bool) -> None:
-        """The attempt was not a wrong guess. The right password clears the
-        (name, address) count; the other counts get this one attempt back."""
-        await self.scripts.call("login_ok", name_keys, [1 if right else 0])
+    async def _count_failure(self, name_key: str, addr_key: str | None) -> None:
+        window = self.limits.window_s
+        await self.scripts.call("login_attempt", [name_key], [0, window, "reserve"])
         if addr_key is not None:
-            await self.scripts.call("login_ok", [addr_key], [0])
+            await self.scripts.call("login_attempt", [addr_key], [0, window, "reserve"])
 
     async def _remember_address(self, user: str, address: str) -> None:
         key = self.keys.known_addresses(user)

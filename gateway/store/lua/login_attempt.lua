@@ -1,10 +1,12 @@
--- Take one login attempt against throttle counters, before the password is
--- checked: concurrent attempts cannot all pass a count read before it grows.
--- KEYS: counters (each expires with its window). ARGV: limit, window_s per key.
--- A limit of 0 means that counter is not checked (but still counted).
--- Returns {0, 0} allowed (every counter incremented) or {1, retry_after_s}.
+-- Check login throttle counters and reserve an attempt, in one step, before the
+-- password is checked: concurrent guesses cannot all pass a count read before
+-- it grows. KEYS: counters (each expires with its window).
+-- ARGV, three per key: limit (0: not checked), window_s, mode. Mode 'reserve'
+-- counts this attempt now (it is given back if it turns out right); 'check'
+-- only checks (the caller counts a wrong password afterwards).
+-- Returns {0, 0} allowed or {1, retry_after_s}.
 for i, key in ipairs(KEYS) do
-  local limit = tonumber(ARGV[2 * i - 1])
+  local limit = tonumber(ARGV[3 * i - 2])
   if limit > 0 then
     local n = tonumber(redis.call('GET', key) or '0')
     if n >= limit then
@@ -15,6 +17,8 @@ for i, key in ipairs(KEYS) do
   end
 end
 for i, key in ipairs(KEYS) do
-  if redis.call('INCR', key) == 1 then redis.call('EXPIRE', key, ARGV[2 * i]) end
+  if ARGV[3 * i] == 'reserve' and redis.call('INCR', key) == 1 then
+    redis.call('EXPIRE', key, ARGV[3 * i - 1])
+  end
 end
 return {0, 0}
