@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections import Counter
 from typing import Final
@@ -38,7 +39,9 @@ class Gateway:
         self.settings = settings
         self.name = settings.gateway_name
         self.keys = Keys(settings.prefix)
-        self.redis = make_redis(redis_url, client_name=f"redchat:gateway:{self.name}")
+        # CLIENT SETNAME takes visible ASCII only; --name may be anything.
+        tag = re.sub(r"[^\x21-\x7e]", "_", self.name)
+        self.redis = make_redis(redis_url, client_name=f"redchat:gateway:{tag}")
         self.store = Store(
             self.redis,
             self.keys,
@@ -61,7 +64,7 @@ class Gateway:
             self.store,
             cursor_flush_s=settings.cursor_flush_s,
             on_reconnect=self._reconnected,
-            client_name=f"redchat:hub:{self.name}",
+            client_name=f"redchat:hub:{tag}",
         )
         self.sessions: set[Session] = set()
         self.flusher = Flusher(settings.write_coalesce_s)
