@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -71,6 +70,3 @@ class Context:
     @property
     def settings(self) -> GatewaySettings:
         return self.gw.settings
-
-
-Unread = Mapping[str, int]

@@ -160,10 +160,9 @@ async def status(ctx: Context, cmd: GetStatus) -> None:
     counts = await store.messages.unread_counts(
         list(zip(conversations, afters, strict=True)), ctx.settings.replay_max
     )
-    unread: dict[str, int] = {}
-    for conversation, count in zip(conversations, counts, strict=True):
-        if count:
-            unread[await store.reader_name(me, conversation)] = count
+    counted = [(c, n) for c, n in zip(conversations, counts, strict=True) if n]
+    names = await store.reader_names(me, [c for c, _ in counted])
+    unread = {name: n for name, (_, n) in zip(names, counted, strict=True)}
     ctx.conn.send_event(StatusResult(me, ctx.gw.name, tuple(online), unread, rid=cmd.rid))
 
 

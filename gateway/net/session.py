@@ -322,13 +322,21 @@ class Session(asyncio.Protocol):
             self._held_bytes += size
 
     def _deliver_now(self, conversation: str, msg: Message) -> None:
-        key = msg.key
         last = self.last_sent.get(conversation)
-        if last is not None and key <= last:
+        if last is not None and msg.key <= last:
             return
-        self.last_sent[conversation] = key
-        assert self.codec is not None and self.user is not None and self.outbox is not None
+        assert self.codec is not None and self.outbox is not None
         self.outbox.write(self.codec.encode(msg))
+        self._sent_up_to(conversation, msg)
+
+    def _unsent(self, conversation: str, page: list[Message]) -> list[Message]:
+        """The messages of an (oldest first) page this session has not had yet."""
+        last = self.last_sent.get(conversation)
+        return page if last is None else [m for m in page if m.key > last]
+
+    def _sent_up_to(self, conversation: str, msg: Message) -> None:
+        assert self.user is not None
+        self.last_sent[conversation] = msg.key
         self.gw.hub.mark_delivered(self.user, conversation, msg)
 
     # -- login and re-sync (for gateway.handlers.sync and the hub) ---------------------
@@ -376,33 +384,25 @@ class Session(asyncio.Protocol):
 
     def replay_now(self, conversation: str, page: list[Message]) -> None:
         """Write replayed messages this session has not had, within the outbox bound."""
-        assert self.codec is not None and self.user is not None and self.outbox is not None
-        last = self.last_sent.get(conversation)
-        for msg in page:
-            if last is not None and msg.key <= last:
-                continue
-            last = msg.key
+        assert self.codec is not None and self.outbox is not None
+        fresh = self._unsent(conversation, page)
+        for msg in fresh:
             self.outbox.write(self.codec.encode(msg))
-        if page and last is not None:
-            self.last_sent[conversation] = last
-            self.gw.hub.mark_delivered(self.user, conversation, page[-1])
+        if fresh:
+            self._sent_up_to(conversation, fresh[-1])
 
     async def replay_page(self, conversation: str, page: list[Message]) -> None:
         """Like ``replay_now``, paced by the client's reading instead of bounded:
         a backlog it asked for is not cut as a slow consumer."""
-        assert self.codec is not None and self.user is not None and self.outbox is not None
-        last = self.last_sent.get(conversation)
+        assert self.codec is not None and self.outbox is not None
+        fresh = self._unsent(conversation, page)
         half = self.settings.max_outbox_bytes // 2
-        for msg in page:
-            if last is not None and msg.key <= last:
-                continue
-            last = msg.key
+        for msg in fresh:
             self.outbox.write(self.codec.encode(msg), bounded=False)
             if self.outbox.queued() > half:
                 await self._drain()
-        if page and last is not None:
-            self.last_sent[conversation] = last
-            self.gw.hub.mark_delivered(self.user, conversation, page[-1])
+        if fresh:
+            self._sent_up_to(conversation, fresh[-1])
 
     # -- commands ---------------------------------------------------------------------
     def _kick(self) -> None:

@@ -90,16 +90,16 @@ class Store:
             raise ClientError("unknown_user", f"no user named {target}")
         return dm_conversation(me, name), name
 
-    async def reader_name(self, me: str, conversation: str) -> str:
-        """A conversation's name from ``me``'s side: '#room' or the other user."""
-        if is_room(conversation):
-            return conversation
-        _, a, b = conversation.split(":", 2)
-        other = b if a == me.lower() else a
-        return await self.accounts.display_name(other) or other
-
     async def reader_names(self, me: str, conversations: Sequence[str]) -> list[str]:
-        return [await self.reader_name(me, c) for c in conversations]
+        """Each conversation's name from ``me``'s side: '#room' or the other user
+        (display names looked up in one round trip)."""
+        others = [_other(me, c) for c in conversations]
+        names = await self.accounts.display_names([o for o in others if o is not None])
+        found = iter(names)
+        return [
+            c if other is None else (next(found) or other)
+            for c, other in zip(conversations, others, strict=True)
+        ]
 
     # -- sending -------------------------------------------------------------------
     async def send(
@@ -125,3 +125,11 @@ class Store:
             sender, conversation, to, text, channels=channels, cid=cid, reply_to=reply_to,
             lists=lists,
         )  # fmt: skip
+
+
+def _other(me: str, conversation: str) -> str | None:
+    """The other user of a direct conversation (lower case); None for a room."""
+    if is_room(conversation):
+        return None
+    _, a, b = conversation.split(":", 2)
+    return b if a == me.lower() else a

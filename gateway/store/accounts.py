@@ -151,6 +151,19 @@ class Accounts:
         self._remember(str(name))
         return str(name)
 
+    async def display_names(self, users: list[str]) -> list[str | None]:
+        """``display_name`` of many, the uncached ones in one round trip."""
+        missing = sorted({u.lower() for u in users} - self._names.keys())
+        if missing:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for user in missing:
+                    pipe.hget(self.keys.account(user), "name")
+                found = await pipe.execute()
+            for name in found:
+                if name is not None:
+                    self._remember(str(name))
+        return [self._names.get(u.lower()) for u in users]
+
     def _remember(self, name: str) -> None:
         if len(self._names) >= _CACHE_MAX:
             self._names.clear()

@@ -100,7 +100,10 @@ class Messages:
         self.history_max_len = history_max_len
         self.idempotency_ttl_s = idempotency_ttl_s
         # How often a direct conversation's place in both users' lists is refreshed.
-        self.touch_every_ms = min(60_000, max(1000, message_ttl_s * 100)) if message_ttl_s else 0
+        # A tenth of the lifetime, between 1 s and a minute (a minute when messages live forever).
+        self.touch_every_ms = (
+            min(60_000, max(1000, message_ttl_s * 100)) if message_ttl_s else 60_000
+        )
         self._sends: list[_PendingSend] = []
         self._flush_scheduled = False
         self._flushes: set[asyncio.Task[None]] = set()
