@@ -183,9 +183,11 @@ class RedchatDeployment(Target):
 
     def _start_gateways(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REDCHAT_")}
-        # Unknown REDCHAT_ variables are ignored, so this holds for gateways with or
-        # without the cap; --gateway-arg=--conn-send-rate=N still wins over it.
+        # The per-connection cap and the public-chat rate limit are off: the bench
+        # measures throughput. Unknown REDCHAT_ variables are ignored, so this holds
+        # for gateways with or without them; --gateway-arg=--rate-limit=N still wins.
         env["REDCHAT_CONN_SEND_RATE"] = "0"
+        env["REDCHAT_RATE_LIMIT"] = "0"
         for i in range(1, self.gateways + 1):
             args = [
                 sys.executable, "-m", "gateway",

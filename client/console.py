@@ -45,6 +45,7 @@ from client.render import (
     error_line,
     info_line,
     message_line,
+    moderation_line,
     plain,
     status_line,
     welcome_line,
@@ -53,10 +54,9 @@ from client.resilient import Backoff, LinkState, LinkStatus, ResilientClient
 from gateway.protocol import dumps
 from gateway.protocol.ops import (
     Command,
-    GetHistory,
-    GetLog,
-    GetStatus,
     Help,
+    Login,
+    Ping,
     Quit,
     Send,
     request_of,
@@ -92,6 +92,11 @@ def read_password_file(path: str) -> str:
 # ---------------------------------------------------------------------------
 
 
+def _is_request(cmd: Command | Invalid) -> bool:
+    """A command the server answers with one reply (history, status, report, ...)."""
+    return not isinstance(cmd, Send | Quit | Help | Login | Ping | Invalid)
+
+
 def render_event(ev: Mapping[str, Any], me: str, ids: ShortIds) -> list[Fragments]:
     """The screen lines of one event dict (possibly none, e.g. for an ack)."""
     kind = ev.get("type")
@@ -108,7 +113,9 @@ def render_event(ev: Mapping[str, Any], me: str, ids: ShortIds) -> list[Fragment
         )
         return [info_line(head), *(message_line(m, me, ids) for m in messages)]
     if kind == "status":
-        return [status_line(ev)]
+        return [status_line(ev), *moderation_line(ev)]
+    if kind in ("warning", "reported"):
+        return moderation_line(ev)
     if kind == "error":
         line = error_line(str(ev.get("code", "?")), str(ev.get("message", "")))
         if ev.get("cid"):
@@ -177,13 +184,13 @@ class Chat:
                 self.output({"type": "notice", "text": HELP})
             case Invalid():
                 self.local_error(cmd.code, cmd.message)
-            case GetHistory() | GetLog() | GetStatus():
-                await self._request(cmd)
-            case _:
+            case Login() | Ping():
                 self.local_error("bad_request", "not available in the console")
+            case _:  # every other op is a request with one reply
+                await self._request(cmd)
         return True
 
-    async def _request(self, cmd: GetHistory | GetLog | GetStatus) -> None:
+    async def _request(self, cmd: Command) -> None:
         op, fields = request_of(cmd)
         try:
             reply = await self.client.request(op, timeout=self.request_timeout_s, **fields)
@@ -199,7 +206,7 @@ class Chat:
 # Interactive
 # ---------------------------------------------------------------------------
 
-_TARGET_PREFIXES: Final = ("/private to ", "/msg ", "/m ", "/p ", "/history ")
+_TARGET_PREFIXES: Final = ("/private to ", "/msg ", "/m ", "/p ", "/history ", "/report ")
 
 
 class ChatCompleter(Completer):
@@ -359,7 +366,7 @@ class Console:
                     continue
                 if isinstance(cmd, Quit):
                     break
-                if isinstance(cmd, GetHistory | GetLog | GetStatus):
+                if _is_request(cmd):
                     self._spawn(chat.execute(cmd))  # keep the prompt responsive
                 else:
                     await chat.execute(cmd)
@@ -482,7 +489,7 @@ async def run_script(options: Options, stdin: IO[str], stdout: IO[str], stderr: 
         cmd = chat.parse(line)
         if cmd is None:
             continue
-        if isinstance(cmd, GetHistory | GetLog | GetStatus):
+        if _is_request(cmd):
             await client.flush()  # answers reflect the lines above them, as in the script
         before = len(client.unacked)
         if not await chat.execute(cmd):

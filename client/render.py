@@ -18,7 +18,8 @@ import zlib
 from collections.abc import Mapping
 from typing import Any, Final
 
-from gateway.protocol import ShortIds, printable
+from gateway.protocol import Quota, Reported, ReportWarning, ShortIds, StatusResult, printable
+from gateway.protocol.textlines import moderation_lines, reported_line, warning_line
 
 __all__ = [
     "STYLE",
@@ -27,6 +28,7 @@ __all__ = [
     "error_line",
     "info_line",
     "message_line",
+    "moderation_line",
     "name_class",
     "plain",
     "printable",
@@ -127,6 +129,41 @@ def status_line(ev: Mapping[str, Any]) -> Fragments:
         f"{', '.join(online) or 'nobody'}; unread: {unread_text(ev.get('unread') or {})}"
     )
     return [("class:info", text)]
+
+
+def _ms(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _count(value: Any) -> int:
+    return _ms(value) or 0
+
+
+def moderation_line(ev: Mapping[str, Any]) -> list[Fragments]:
+    """A ``warning`` or ``reported`` event, or a status's ban and quota, in the same
+    words as the server's text framing (one wording, in gateway.protocol.textlines)."""
+    now = time.time() * 1000
+    kind = ev.get("type")
+    if kind == "warning":
+        warning = ReportWarning(
+            _count(ev.get("reports")), _count(ev.get("threshold")), _ms(ev.get("banned_until"))
+        )
+        return [[("class:error", printable(warning_line(warning, now)))]]
+    if kind == "reported":
+        reported = Reported(
+            str(ev.get("user", "?")), ev.get("counted") is True, _count(ev.get("reports")),
+            _count(ev.get("threshold")), _ms(ev.get("banned_until")),
+        )  # fmt: skip
+        return [[("class:info", printable(reported_line(reported, now)))]]
+    q = ev.get("quota")
+    quota = None
+    if isinstance(q, Mapping):
+        quota = Quota(_count(q.get("limit")), _count(q.get("left")), _ms(q.get("resets_at")))
+    status = StatusResult("", "", (), {}, banned_until=_ms(ev.get("banned_until")), quota=quota)
+    return [
+        [("class:error" if line.startswith("!!") else "class:info", printable(line))]
+        for line in moderation_lines(status, now)
+    ]
 
 
 def error_line(code: str, message: str) -> Fragments:

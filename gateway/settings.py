@@ -34,6 +34,13 @@ class StoreSettings:
     prefix: str = opt("redchat", "prefix of every Redis key and channel")
     message_ttl_s: int = opt(3600, "message lifetime in seconds, 0 keeps forever", "--message-ttl")
     history_max_len: int = opt(100_000, "most messages kept per conversation")
+    rate_limit: int = opt(20, "messages a user may send to public rooms per window; 0 off")
+    rate_window_s: int = opt(3600, "seconds of the rate-limit window", "--rate-window")
+    report_threshold: int = opt(3, "distinct reporters that get a user banned")
+    ban_s: int = opt(14_400, "seconds a ban lasts")
+    report_ttl_s: int = opt(
+        86_400, "seconds reports are kept after the last one, if they led to no ban", "--report-ttl"
+    )
     data_dir: str = opt("data", "where the embedded Redis keeps its files")
     log_level: str = opt("INFO", "DEBUG, INFO, WARNING or ERROR")
 
@@ -174,6 +181,10 @@ def _validate(settings: Any) -> None:
         value = getattr(settings, f.name)
         if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
             raise ConfigError(f"{_flag(f)} must not be negative")
+    if getattr(settings, "report_threshold", 1) < 1:
+        raise ConfigError("--report-threshold must be at least 1")
+    if getattr(settings, "rate_limit", 0) and getattr(settings, "rate_window_s", 1) < 1:
+        raise ConfigError("--rate-window must be at least 1 with a rate limit")
     if isinstance(settings, GatewaySettings):
         if settings.processes < 1:
             raise ConfigError("--processes must be at least 1")

@@ -98,6 +98,9 @@ class GatewayProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REDCHAT_")}
         # Tests send in bursts; the per-connection cap has tests of its own (--conn-send-rate).
         env["REDCHAT_CONN_SEND_RATE"] = "0"
+        # Likewise the public-chat rate limit (20 an hour); tests/integration/test_moderation.py
+        # turns it on with --rate-limit, which wins over this.
+        env["REDCHAT_RATE_LIMIT"] = "0"
         self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(

@@ -22,7 +22,9 @@ from gateway.errors import ConfigError
 from gateway.logs import configure_logging
 from gateway.settings import WorkerSettings, parse_settings
 from gateway.store import Keys, make_redis
-from worker.janitor import trim_forever
+from gateway.store.moderation import Moderation, ModerationLimits
+from gateway.store.redis import Scripts
+from worker.janitor import log_ended_bans_forever, trim_forever
 
 __all__ = ["main"]
 
@@ -34,8 +36,9 @@ DESCRIPTION = """\
 Run the redchat background jobs against the Redis given by --redis (required)
 until SIGTERM or Ctrl-C: every --trim-interval-s seconds, trim history past
 --message-ttl and --history-max-len, also in conversations nobody writes to any
-more. Any number of workers may run at once. The worker never starts a Redis of
-its own: `redchat-gateway --with-worker` runs one next to the gateways."""
+more; log each ban as it ends. Any number of workers may run at once. The
+worker never starts a Redis of its own: `redchat-gateway --with-worker` runs one
+next to the gateways."""
 
 HELP_OVERRIDES = {
     "redis_url": "Redis URL, required: the worker never starts an embedded Redis",
@@ -55,7 +58,12 @@ async def run(settings: WorkerSettings) -> None:
                 settings.history_max_len,
                 settings.trim_interval_s,
             )
-        )
+        ),
+        asyncio.create_task(
+            log_ended_bans_forever(
+                Moderation(redis, keys, Scripts(redis), ModerationLimits.of(settings))
+            )
+        ),
     ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,4 +1,5 @@
-"""Trims what has outlived the message lifetime, so memory stays bounded with no traffic.
+"""Housekeeping: trims what has outlived the message lifetime, so memory stays
+bounded with no traffic, and logs the end of each ban.
 
 Trimming is idempotent (XTRIM MINID), so any number of workers may run it at once
 and the result is the same; no claim is needed. Gateways also trim on every send;
@@ -12,9 +13,11 @@ import logging
 
 from redis.asyncio import Redis
 
+from gateway.errors import Unavailable
 from gateway.store import REDIS_DOWN, Keys, now_ms
+from gateway.store.moderation import Moderation
 
-__all__ = ["trim_expired", "trim_forever"]
+__all__ = ["log_ended_bans_forever", "trim_expired", "trim_forever"]
 
 log = logging.getLogger("redchat.janitor")
 
@@ -44,4 +47,16 @@ async def trim_forever(
                 log.info("trimmed %d expired messages", removed)
         except REDIS_DOWN as exc:
             log.warning("trim pass failed, Redis unreachable: %s", exc)
+        await asyncio.sleep(interval_s)
+
+
+async def log_ended_bans_forever(moderation: Moderation, interval_s: float = 1.0) -> None:
+    """A ban ends by itself (its key expires); this logs it and takes it off the
+    operators' index. Each end is logged once, by the worker that removed it."""
+    while True:
+        try:
+            for user in await moderation.ended_bans():
+                log.warning("ban ended user=%s", user)
+        except Unavailable as exc:
+            log.warning("ban pass failed, Redis unreachable: %s", exc)
         await asyncio.sleep(interval_s)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from gateway.errors import ClientError
 from gateway.handlers.context import Context
 from gateway.protocol import Ack, GetHistory, GetLog, HistoryResult, LogResult, Send
 
@@ -14,9 +15,13 @@ log = logging.getLogger("redchat.chat")
 
 async def send(ctx: Context, cmd: Send) -> None:
     conversation, to = await ctx.store.resolve(ctx.user, cmd.to)
-    result = await ctx.store.send(
-        ctx.user, conversation, to, cmd.text, cid=cmd.cid, reply_to=cmd.reply_to
-    )
+    try:
+        result = await ctx.store.send(
+            ctx.user, conversation, to, cmd.text, cid=cmd.cid, reply_to=cmd.reply_to
+        )
+    except ClientError as exc:
+        log.info("send refused user=%s to=%s code=%s: %s", ctx.user, to, exc.code, exc.message)
+        raise
     ctx.conn.send_event(Ack(result.id, rid=cmd.rid, cid=cmd.cid))
     log.info(
         "send user=%s to=%s id=%s%s",

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from gateway.errors import ClientError
-from gateway.handlers import chat, sync
+from gateway.handlers import chat, moderation, sync
 from gateway.handlers.context import Context
 from gateway.protocol import (
     HELP_TEXT,
@@ -21,6 +21,7 @@ from gateway.protocol import (
     Ping,
     Pong,
     Quit,
+    Report,
     Send,
 )
 from gateway.protocol.ops import op_of
@@ -51,6 +52,7 @@ HANDLERS: Final[dict[type, Handler]] = {
     Help: _help,
     Ping: _ping,
     Quit: _quit,
+    Report: moderation.report,
 }
 
 

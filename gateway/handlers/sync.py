@@ -21,6 +21,7 @@ from gateway.protocol import (
     Login,
     Message,
     Notice,
+    Quota,
     StatusResult,
     Synced,
     Welcome,
@@ -163,7 +164,17 @@ async def status(ctx: Context, cmd: GetStatus) -> None:
     counted = [(c, n) for c, n in zip(conversations, counts, strict=True) if n]
     names = await store.reader_names(me, [c for c, _ in counted])
     unread = {name: n for name, (_, n) in zip(names, counted, strict=True)}
-    ctx.conn.send_event(StatusResult(me, ctx.gw.name, tuple(online), unread, rid=cmd.rid))
+    state = await store.moderation.state(me)
+    limit = store.moderation.limits.rate_limit
+    quota = None
+    if limit:
+        quota = Quota(limit, max(0, limit - state.quota_used), state.quota_resets_at)
+    ctx.conn.send_event(
+        StatusResult(
+            me, ctx.gw.name, tuple(online), unread, rid=cmd.rid,
+            banned_until=state.banned_until, quota=quota,
+        )
+    )  # fmt: skip
 
 
 def _later(a: str | None, b: tuple[int, int] | None) -> str | None:

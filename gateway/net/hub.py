@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, Final
 from gateway.aio import stop_tasks
 from gateway.errors import Unavailable
 from gateway.net.pubsub import Subscriber, SubscriberClosed
-from gateway.protocol import Error, Message, format_stream_id, message_from_dict
+from gateway.protocol import (
+    Error,
+    Message,
+    format_stream_id,
+    message_from_dict,
+    pushed_from_dict,
+)
 from gateway.store import GENERAL, Keys, Store, dm_conversation, now_ms
 from gateway.store.messages import PAGE
 
@@ -246,13 +252,27 @@ class Hub:
         if route is None or not route.sessions:
             return
         try:
-            msg = message_from_dict(json.loads(data), raw=data + b"\n")
-        except (ValueError, KeyError, TypeError):
+            obj = json.loads(data)
+            if obj.get("type") != "message":
+                self._push(route, obj)
+                return
+            msg = message_from_dict(obj, raw=data + b"\n")
+        except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("dropped a malformed event on %s", channel[:100])
             return
         conversation = msg.to if route.user is None else dm_conversation(msg.from_, msg.to)
         for session in list(route.sessions):
             session.deliver(conversation, msg)
+
+    @staticmethod
+    def _push(route: Route, obj: dict[str, object]) -> None:
+        """An event for a user that is not a message: to each of their local sessions."""
+        ev = pushed_from_dict(obj) if route.user is not None else None
+        if ev is None:
+            log.warning("dropped an unknown event %r", str(obj.get("type"))[:40])
+            return
+        for session in list(route.sessions):
+            session.push(ev)
 
     # -- cursors ----------------------------------------------------------------
     def mark_delivered(self, user: str, conversation: str, message: Message) -> None:

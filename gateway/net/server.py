@@ -24,7 +24,7 @@ from gateway.net.outbox import Flusher
 from gateway.net.session import Session
 from gateway.protocol import Notice
 from gateway.settings import GatewaySettings
-from gateway.store import Keys, LoginLimits, Store, make_redis
+from gateway.store import Keys, LoginLimits, ModerationLimits, Store, make_redis
 
 __all__ = ["Gateway"]
 
@@ -57,6 +57,7 @@ class Gateway:
                 scrypt_threads=settings.scrypt_threads,
                 scrypt_queue=settings.scrypt_queue,
             ),
+            moderation=ModerationLimits.of(settings, settings.idempotency_ttl_s),
         )
         self.hub = Hub(
             redis_url,

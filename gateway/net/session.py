@@ -66,6 +66,7 @@ MAX_FIRST_BYTES: Final = 16  # enough to tell an HTTP method from text
 MAX_UNREAD_BYTES: Final = 64 * 1024  # past this, stop reading from the socket
 WORK_SLICE: Final = 16  # requests served before yielding to the loop
 ERROR_BURST: Final = 50
+MAX_HELD_EVENTS: Final = 100  # pushed events kept while a login or re-sync runs
 ERROR_RATE: Final = 5.0
 
 
@@ -125,6 +126,7 @@ class Session(asyncio.Protocol):
         self._worker: asyncio.Task[None] | None = None
         self._reading_paused = False
         self._held: list[tuple[str, Message]] = []
+        self._held_events: list[Event] = []
         self._held_bytes = 0
         self.last_sent: dict[str, tuple[int, int]] = {}  # conversation -> last id delivered
         self.created = self.last_heard = time.monotonic()
@@ -321,6 +323,13 @@ class Session(asyncio.Protocol):
             self._held.append((conversation, msg))
             self._held_bytes += size
 
+    def push(self, ev: Event) -> None:
+        """An event published to the user (a warning, ...): live, or after the sync."""
+        if self.state is State.LIVE:
+            self.send_event(ev)
+        elif self.state is State.SYNCING and len(self._held_events) < MAX_HELD_EVENTS:
+            self._held_events.append(ev)
+
     def _deliver_now(self, conversation: str, msg: Message) -> None:
         last = self.last_sent.get(conversation)
         if last is not None and msg.key <= last:
@@ -363,6 +372,7 @@ class Session(asyncio.Protocol):
             self.gw.user_left(self.user)
         self.user = None
         self._held.clear()
+        self._held_events.clear()
         self._held_bytes = 0
         self.last_sent.clear()
         self._to(State.GUEST)
@@ -378,7 +388,10 @@ class Session(asyncio.Protocol):
         if self.state is not State.SYNCING:
             return
         held, self._held, self._held_bytes = self._held, [], 0
+        events, self._held_events = self._held_events, []
         self._to(State.LIVE)
+        for ev in events:
+            self.send_event(ev)
         for conversation, msg in held:
             self._deliver_now(conversation, msg)
 

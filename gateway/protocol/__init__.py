@@ -23,6 +23,9 @@ from gateway.protocol.events import (
     Message,
     Notice,
     Pong,
+    Quota,
+    Reported,
+    ReportWarning,
     StatusResult,
     Synced,
     Welcome,
@@ -30,6 +33,7 @@ from gateway.protocol.events import (
     event_to_dict,
     message_from_dict,
     message_json_tail,
+    pushed_from_dict,
 )
 from gateway.protocol.framing import (
     HTTP_METHODS,
@@ -51,6 +55,7 @@ from gateway.protocol.ops import (
     Login,
     Ping,
     Quit,
+    Report,
     Send,
     help_text,
 )
@@ -85,6 +90,10 @@ __all__ = [
     "Ping",
     "Pong",
     "Quit",
+    "Quota",
+    "Report",
+    "ReportWarning",
+    "Reported",
     "Send",
     "ShortIds",
     "StatusResult",
@@ -100,5 +109,6 @@ __all__ = [
     "message_json_tail",
     "parse_stream_id",
     "printable",
+    "pushed_from_dict",
     "valid_name",
 ]

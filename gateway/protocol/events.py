@@ -25,6 +25,9 @@ __all__ = [
     "Message",
     "Notice",
     "Pong",
+    "Quota",
+    "ReportWarning",
+    "Reported",
     "Rid",
     "StatusResult",
     "Synced",
@@ -33,6 +36,7 @@ __all__ = [
     "event_to_dict",
     "message_from_dict",
     "message_json_tail",
+    "pushed_from_dict",
 ]
 
 Rid = str | int | None
@@ -96,11 +100,44 @@ class LogResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Quota:
+    """The public-chat rate limit as it stands for one user."""
+
+    limit: int
+    left: int
+    resets_at: int | None  # ms; None while no window is running (nothing sent yet)
+
+
+@dataclass(frozen=True, slots=True)
 class StatusResult:
     user: str
     gateway: str
     online: tuple[str, ...]
     unread: Mapping[str, int]
+    rid: Rid = None
+    banned_until: int | None = None  # ms; 0 = until an operator lifts it
+    quota: Quota | None = None  # None when there is no rate limit
+
+
+@dataclass(frozen=True, slots=True)
+class Reported:
+    """The answer to a report."""
+
+    user: str
+    counted: bool
+    reports: int
+    threshold: int
+    banned_until: int | None
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReportWarning:
+    """Pushed to every client of a reported user (type ``warning``)."""
+
+    reports: int
+    threshold: int
+    banned_until: int | None
     rid: Rid = None
 
 
@@ -136,6 +173,8 @@ Event = (
     | HistoryResult
     | LogResult
     | StatusResult
+    | Reported
+    | ReportWarning
     | Error
     | Notice
     | Pong
@@ -205,6 +244,30 @@ def event_to_dict(ev: Event) -> dict[str, Any]:
                 "gateway": ev.gateway,
                 "online": list(ev.online),
                 "unread": dict(ev.unread),
+                "banned_until": ev.banned_until,
+                "quota": None
+                if ev.quota is None
+                else {
+                    "limit": ev.quota.limit,
+                    "left": ev.quota.left,
+                    "resets_at": ev.quota.resets_at,
+                },
+            }
+        case Reported():
+            d = {
+                "type": "reported",
+                "user": ev.user,
+                "counted": ev.counted,
+                "reports": ev.reports,
+                "threshold": ev.threshold,
+                "banned_until": ev.banned_until,
+            }
+        case ReportWarning():
+            d = {
+                "type": "warning",
+                "reports": ev.reports,
+                "threshold": ev.threshold,
+                "banned_until": ev.banned_until,
             }
         case Error():
             d = {"type": "error", "code": ev.code, "message": ev.message, **ev.extra}
@@ -233,3 +296,14 @@ def message_from_dict(d: Mapping[str, Any], raw: bytes | None = None) -> Message
         reply_to=str(reply_to) if reply_to else None,
         raw=raw,
     )
+
+
+def pushed_from_dict(d: Mapping[str, Any]) -> Event | None:
+    """An event published to a user's channel other than a message (None if unknown)."""
+    match d.get("type"):
+        case "warning":
+            until = d.get("banned_until")
+            return ReportWarning(
+                int(d["reports"]), int(d["threshold"]), None if until is None else int(until)
+            )
+    return None

@@ -13,9 +13,10 @@ turn into an ``error`` event; nothing here does I/O.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from gateway.protocol.events import Rid
 from gateway.protocol.values import (
@@ -45,6 +46,7 @@ __all__ = [
     "Ping",
     "Quit",
     "Reject",
+    "Report",
     "Send",
     "TextContext",
     "help_text",
@@ -54,6 +56,7 @@ __all__ = [
 ]
 
 GENERAL: Final = "#general"
+MAX_REASON_CHARS: Final = 500
 
 
 class Reject(Exception):
@@ -72,6 +75,7 @@ class Reject(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Login:
+    OP: ClassVar[str] = "login"
     user: str
     password: str = field(repr=False)
     since: Mapping[str, str] | None = None
@@ -80,6 +84,7 @@ class Login:
 
 @dataclass(frozen=True, slots=True)
 class Send:
+    OP: ClassVar[str] = "send"
     to: str
     text: str
     cid: str | None = None
@@ -89,6 +94,7 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class GetHistory:
+    OP: ClassVar[str] = "history"
     with_: str
     before: str | None = None
     limit: int = DEFAULT_LIMIT
@@ -97,31 +103,44 @@ class GetHistory:
 
 @dataclass(frozen=True, slots=True)
 class GetLog:
+    OP: ClassVar[str] = "log"
     limit: int = DEFAULT_LIMIT
     rid: Rid = None
 
 
 @dataclass(frozen=True, slots=True)
 class GetStatus:
+    OP: ClassVar[str] = "status"
     rid: Rid = None
 
 
 @dataclass(frozen=True, slots=True)
 class Ping:
+    OP: ClassVar[str] = "ping"
     rid: Rid = None
 
 
 @dataclass(frozen=True, slots=True)
 class Quit:
+    OP: ClassVar[str] = "quit"
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    OP: ClassVar[str] = "report"
+    user: str
+    reason: str = ""
     rid: Rid = None
 
 
 @dataclass(frozen=True, slots=True)
 class Help:
+    OP: ClassVar[str] = "help"
     rid: Rid = None
 
 
-Command = Login | Send | GetHistory | GetLog | GetStatus | Ping | Quit | Help
+Command = Login | Send | GetHistory | GetLog | GetStatus | Ping | Quit | Help | Report
 
 
 # ---------------------------------------------------------------------------
@@ -188,6 +207,15 @@ def check_password(password: Any) -> str:
         raise Reject("too_long", f"password is longer than {MAX_PASSWORD_CHARS} characters")
     _check_unicode(password, "password")
     return password
+
+
+def check_reason(reason: Any) -> str:
+    if not isinstance(reason, str):
+        raise Reject("bad_request", "'reason' must be a string")
+    if len(reason) > MAX_REASON_CHARS:
+        raise Reject("too_long", f"reason is longer than {MAX_REASON_CHARS} characters")
+    _check_unicode(reason, "reason")
+    return reason.strip()
 
 
 def check_cid(cid: Any) -> str | None:
@@ -281,6 +309,13 @@ def _text_log(rest: str, ctx: TextContext) -> Command:
     return GetLog(check_limit(n))
 
 
+def _text_report(rest: str, ctx: TextContext) -> Command:
+    name, _, reason = rest.partition(" ")
+    if not name:
+        raise _usage("report")
+    return Report(check_name(name), check_reason(reason.strip()))
+
+
 def _no_args(make: Callable[[], Command]) -> Callable[[str, TextContext], Command]:
     return lambda rest, ctx: make()
 
@@ -324,6 +359,11 @@ def _json_log(obj: Mapping[str, Any], ctx: TextContext, rid: Rid) -> Command:
     return GetLog(check_limit(obj.get("limit")), rid)
 
 
+def _json_report(obj: Mapping[str, Any], ctx: TextContext, rid: Rid) -> Command:
+    reason = obj.get("reason")
+    return Report(check_name(obj.get("user")), check_reason("" if reason is None else reason), rid)
+
+
 def _json_plain(
     make: Callable[[Rid], Command],
 ) -> Callable[[Mapping[str, Any], TextContext, Rid], Command]:
@@ -361,6 +401,9 @@ OPS: Final[tuple[Op, ...]] = (
     Op("status", ("status", "who"), "/status",
        "who you are, who is online, unread counts",
        _json_plain(GetStatus), _no_args(GetStatus)),
+    Op("report", ("report",), "/report <user> [reason]",
+       "report abuse (enough reports get a user banned from sending)",
+       _json_report, _text_report),
     Op("help", ("help", "?"), "/help", "this text",
        _json_plain(Help), _no_args(Help), needs_login=False),
     Op("ping", ("ping",), "/ping", "check the connection is alive",
@@ -376,23 +419,7 @@ _JSON_OPS: Final = {name: op for name, op in BY_NAME.items() if name != "reply"}
 
 
 def op_of(cmd: Command) -> Op:
-    match cmd:
-        case Send():
-            return BY_NAME["send"]
-        case Login():
-            return BY_NAME["login"]
-        case GetHistory():
-            return BY_NAME["history"]
-        case GetLog():
-            return BY_NAME["log"]
-        case GetStatus():
-            return BY_NAME["status"]
-        case Ping():
-            return BY_NAME["ping"]
-        case Quit():
-            return BY_NAME["quit"]
-        case Help():
-            return BY_NAME["help"]
+    return BY_NAME[cmd.OP]
 
 
 def parse_json_request(obj: Mapping[str, Any], ctx: TextContext, rid: Rid) -> Command:
@@ -434,25 +461,12 @@ def help_text(*, console: bool = False, extra: tuple[tuple[str, str], ...] = ())
 
 
 def request_of(cmd: Command) -> tuple[str, dict[str, Any]]:
-    """A command as a JSON-lines request: (op, fields), for clients."""
-    fields: dict[str, Any]
-    match cmd:
-        case Login():
-            fields = {"user": cmd.user, "password": cmd.password}
-            if cmd.since:
-                fields["since"] = dict(cmd.since)
-        case Send():
-            fields = {"to": cmd.to, "text": cmd.text}
-            if cmd.cid is not None:
-                fields["cid"] = cmd.cid
-            if cmd.reply_to is not None:
-                fields["reply_to"] = cmd.reply_to
-        case GetHistory():
-            fields = {"with": cmd.with_, "limit": cmd.limit}
-            if cmd.before is not None:
-                fields["before"] = cmd.before
-        case GetLog():
-            fields = {"limit": cmd.limit}
-        case GetStatus() | Ping() | Quit() | Help():
-            fields = {}
-    return op_of(cmd).name, fields
+    """A command as a JSON-lines request: (op, fields), for clients. Fields left at
+    None are left out; ``with_`` is ``with``."""
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cmd):
+        value = getattr(cmd, f.name)
+        if f.name == "rid" or value is None:
+            continue
+        fields[f.name.rstrip("_")] = dict(value) if isinstance(value, Mapping) else value
+    return cmd.OP, fields

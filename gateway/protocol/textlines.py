@@ -20,15 +20,24 @@ from gateway.protocol.events import (
     Message,
     Notice,
     Pong,
+    Reported,
+    ReportWarning,
     StatusResult,
     Synced,
     Welcome,
 )
 from gateway.protocol.framing import Codec, Framing, decode_line
 from gateway.protocol.ops import GENERAL, Command, TextContext, parse_text_line
-from gateway.protocol.values import printable
+from gateway.protocol.values import printable, say_duration
 
-__all__ = ["ShortIds", "TextCodec", "unread_text"]
+__all__ = [
+    "ShortIds",
+    "TextCodec",
+    "moderation_lines",
+    "reported_line",
+    "unread_text",
+    "warning_line",
+]
 
 
 class ShortIds:
@@ -65,6 +74,51 @@ def unread_text(unread: Mapping[str, int]) -> str:
         f"{n} in {c}" if c.startswith("#") else f"{n} from {c}" for c, n in unread.items() if n
     ]
     return ", ".join(parts) or "none"
+
+
+def _until(until: int | None, now_ms: float) -> str:
+    if until == 0:
+        return "until an operator lifts it"
+    if until is None:
+        return ""
+    clock = time.strftime("%H:%M", time.localtime(until / 1000))
+    return f"until {clock} (in {say_duration((until - now_ms) / 1000)})"
+
+
+def moderation_lines(ev: StatusResult, now_ms: float) -> list[str]:
+    """The status lines about bans and the rate limit, as people read them."""
+    lines = []
+    if ev.banned_until is not None:
+        lines.append(f"!! you are banned from sending {_until(ev.banned_until, now_ms)}")
+    q = ev.quota
+    if q is not None:
+        line = f"** public messages left: {q.left} of {q.limit}"
+        if q.resets_at is not None:
+            line += f"; the count starts again in {say_duration((q.resets_at - now_ms) / 1000)}"
+        lines.append(line)
+    return lines
+
+
+def warning_line(ev: ReportWarning, now_ms: float) -> str:
+    if ev.banned_until is not None:
+        return (
+            f"!! you were reported by {ev.reports} users: you cannot send "
+            f"{_until(ev.banned_until, now_ms)}"
+        )
+    return (
+        f"!! warning: you were reported ({ev.reports} of {ev.threshold}); at {ev.threshold}"
+        " reports you cannot send for a while"
+    )
+
+
+def reported_line(ev: Reported, now_ms: float) -> str:
+    if not ev.counted:
+        if ev.banned_until is not None:
+            return f"** {ev.user} is already banned {_until(ev.banned_until, now_ms)}"
+        return f"** you have already reported {ev.user}; a report counts once"
+    if ev.banned_until is not None:
+        return f"** reported {ev.user}: that made {ev.reports}, and {ev.user} is now banned"
+    return f"** reported {ev.user} ({ev.reports} of {ev.threshold})"
 
 
 class TextCodec(Codec):
@@ -133,8 +187,18 @@ class TextCodec(Codec):
                     f"** you are {ev.user} on gateway {ev.gateway}; "
                     f"online ({len(ev.online)}): {online}; unread: {unread_text(ev.unread)}"
                 ]
+                lines += moderation_lines(ev, time.time() * 1000)
+            case Reported():
+                lines = [reported_line(ev, time.time() * 1000)]
+            case ReportWarning():
+                lines = [warning_line(ev, time.time() * 1000)]
             case Error():
-                extra = "".join(f"; {k}={printable(str(v))}" for k, v in ev.extra.items())
+                # retry_after and until are in the message already, in words
+                extra = "".join(
+                    f"; {k}={printable(str(v))}"
+                    for k, v in ev.extra.items()
+                    if k not in ("retry_after", "until")
+                )
                 lines = [f"!! error ({ev.code}): {printable(ev.message)}{extra}"]
             case Notice():
                 lines = [f"** {printable(line)}" for line in ev.text.splitlines() or [""]]

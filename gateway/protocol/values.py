@@ -21,6 +21,7 @@ __all__ = [
     "parse_count",
     "parse_stream_id",
     "printable",
+    "say_duration",
     "valid_cid",
     "valid_name",
 ]
@@ -108,3 +109,20 @@ def _escape_char(match: re.Match[str]) -> str:
 def printable(text: str) -> str:
     """Text safe to put on a terminal: control, bidi and invisible characters escaped."""
     return _UNSAFE_RE.sub(_escape_char, text)
+
+
+def say_duration(seconds: float) -> str:
+    """A time span as a person says it: "45 s", "12 min", "3 h 12 min", "2 days 3 h".
+    Spans of a minute or more are rounded up to the minute, so "0 min" never shows."""
+    s = max(0, int(-(-seconds // 1)))
+    if s < 60:
+        return f"{s} s"
+    minutes = -(-s // 60)
+    days, minutes = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(minutes, 60)
+    if days:
+        unit = "day" if days == 1 else "days"
+        return f"{days} {unit} {hours} h" if hours else f"{days} {unit}"
+    if hours:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{minutes} min"

@@ -7,6 +7,7 @@
     messages.py  the atomic send, history in pages, unread counts, the sender's log
     cursors.py   each user's conversations and delivered-up-to cursors
     presence.py  gateways alive and who is on each
+    moderation.py  the public-chat rate limit, reports, bans
 
 ``Store`` holds one of each and the conversions between a conversation's id and
 its name from a reader's side. The store knows nothing about sockets or
@@ -19,11 +20,12 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
-from gateway.errors import ClientError
+from gateway.errors import ClientError, Unavailable
 from gateway.store.accounts import Account, Accounts, LoginLimits, hash_password, verify_password
 from gateway.store.cursors import Cursors
 from gateway.store.keys import GENERAL, Keys, dm_conversation, is_room
 from gateway.store.messages import Messages, SendResult, entry_to_message
+from gateway.store.moderation import Moderation, ModerationLimits
 from gateway.store.presence import Presence
 from gateway.store.redis import REDIS_DOWN, Scripts, boundary, make_redis
 from gateway.store.time import now_ms
@@ -34,6 +36,7 @@ __all__ = [
     "Account",
     "Keys",
     "LoginLimits",
+    "ModerationLimits",
     "SendResult",
     "Store",
     "dm_conversation",
@@ -57,6 +60,7 @@ class Store:
         history_max_len: int = 100_000,
         idempotency_ttl_s: int = 300,
         login: LoginLimits | None = None,
+        moderation: ModerationLimits | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -72,6 +76,9 @@ class Store:
         )
         self.cursors = Cursors(redis, keys, self.scripts, message_ttl_s)
         self.presence = Presence(redis, keys)
+        # The gateway and the worker pass their settings; a bare Store has no rate limit.
+        limits = moderation or ModerationLimits(rate_limit=0, idempotency_ttl_s=idempotency_ttl_s)
+        self.moderation = Moderation(redis, keys, self.scripts, limits)
 
     def forget_cached(self) -> None:
         """Redis may have lost data (it restarted): look everything up again."""
@@ -112,7 +119,29 @@ class Store:
         cid: str | None = None,
         reply_to: str | None = None,
     ) -> SendResult:
-        """Store and publish one message; ``to`` is '#room' or the recipient's display name."""
+        """Store and publish one message; ``to`` is '#room' or the recipient's display name.
+
+        A banned sender is refused first, and a message to a public room takes one
+        from the sender's quota (given back if the message is then refused).
+        """
+        taken = await self.moderation.admit(sender, counts=is_public(conversation), cid=cid)
+        try:
+            return await self._send(sender, conversation, to, text, cid=cid, reply_to=reply_to)
+        except (ClientError, Unavailable):
+            if taken:
+                await self.moderation.refund(sender, cid)
+            raise
+
+    async def _send(
+        self,
+        sender: str,
+        conversation: str,
+        to: str,
+        text: str,
+        *,
+        cid: str | None,
+        reply_to: str | None,
+    ) -> SendResult:
         k = self.keys
         if is_room(conversation):
             channels, lists = [k.room_channel(conversation)], None
@@ -125,6 +154,11 @@ class Store:
             sender, conversation, to, text, channels=channels, cid=cid, reply_to=reply_to,
             lists=lists,
         )  # fmt: skip
+
+
+def is_public(conversation: str) -> bool:
+    """Messages to public rooms count against the rate limit (#general for now)."""
+    return conversation == GENERAL
 
 
 def _other(me: str, conversation: str) -> str | None:

@@ -65,6 +65,29 @@ class Keys:
         """Stream of the user's own sent messages (id, to, text, reply_to)."""
         return f"{self.prefix}:{{u:{user.lower()}}}:log"
 
+    def quota(self, user: str) -> str:
+        """String: public messages sent in the current rate window; expires when it ends."""
+        return f"{self.prefix}:{{u:{user.lower()}}}:quota"
+
+    def quota_cid(self, user: str, cid: str) -> str:
+        """String: this client id was already counted against the quota (retries count once)."""
+        return f"{self.prefix}:{{u:{user.lower()}}}:qcid:{cid}"
+
+    def ban(self, user: str) -> str:
+        """String: when the user's ban ends (ms); expires then. Deleting it lifts the ban."""
+        return f"{self.prefix}:{{u:{user.lower()}}}:ban"
+
+    def reports(self, user: str) -> str:
+        """Hash: reporter (lower case) -> "<ms> <reason>"; expires --report-ttl after the
+        last report, and is emptied when the reports lead to a ban."""
+        return f"{self.prefix}:{{u:{user.lower()}}}:reports"
+
+    @property
+    def bans(self) -> str:
+        """Sorted set: user (lower case) -> ban end (ms). An index for operators; the
+        ``ban`` key is the truth. The worker drops ended bans and logs them."""
+        return f"{self.prefix}:bans"
+
     def user_channel(self, user: str) -> str:
         """Pub/sub channel for events addressed to one user (direct messages)."""
         return f"{self.prefix}:{{u:{user.lower()}}}:events"

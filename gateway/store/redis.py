@@ -9,6 +9,7 @@ exception, ``Unavailable``; anything else that escapes is a bug.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import Unavailable
 
-__all__ = ["REDIS_DOWN", "Scripts", "boundary", "make_redis"]
+__all__ = ["REDIS_DOWN", "ScriptBatch", "Scripts", "boundary", "make_redis"]
 
 # What Redis being unreachable looks like from redis-py (a failover replica
 # refusing writes included). OSError covers the socket layer under it.
@@ -115,6 +116,9 @@ class Scripts:
         "prune_conversations",
         "login_attempt",
         "login_ok",
+        "gate",
+        "refund",
+        "report",
     )
 
     def __init__(self, redis: Redis) -> None:
@@ -153,3 +157,53 @@ class Scripts:
                     raise r
             return results
         raise AssertionError("unreachable")
+
+
+class ScriptBatch:
+    """Calls of one script made in the same loop turn, from any session, share one
+    pipeline: one round trip for all of them. Every caller's future is resolved,
+    whatever happens to the batch or to any one caller."""
+
+    def __init__(self, scripts: Scripts, name: str) -> None:
+        self.scripts = scripts
+        self.name = name
+        self._pending: list[tuple[Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def call(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._start)
+        self._pending.append((keys, args, future))
+        return await future
+
+    def _start(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.create_task(self._run(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(
+        self, batch: list[tuple[Sequence[str], Sequence[Any], asyncio.Future[Any]]]
+    ) -> None:
+        results: list[Any] | None = None
+        failure: BaseException = Unavailable("the request was interrupted")
+
+        def fill(pipe: Pipeline) -> None:
+            for keys, args, _ in batch:
+                self.scripts.queue(pipe, self.name, keys, args)
+
+        try:
+            results = await self.scripts.run_pipeline(fill, (self.name,))
+        except Exception as exc:
+            failure = exc
+        finally:
+            for i, (_, _, future) in enumerate(batch):
+                if future.done():  # its caller went away meanwhile
+                    continue
+                result = failure if results is None else results[i]
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
