@@ -142,6 +142,27 @@ class GatewayProcess:
         return self.proc.wait(timeout)
 
 
+def start_worker(
+    redis_url: str, prefix: str, logdir: Path, *extra: str, name: str = "worker"
+) -> subprocess.Popen[bytes]:
+    """A real worker process, its log in ``logdir/<name>.log``; returns once it runs
+    (it handles SIGTERM from then on)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDCHAT_")}
+    path = logdir / f"{name}.log"
+    seen = path.read_text().count("worker running") if path.exists() else 0
+    with open(path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "--redis", redis_url, "--prefix", prefix, *extra],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
+    wait_for(lambda: path.read_text().count("worker running") > seen, 15, "the worker to run")
+    return proc
+
+
 class Deployment:
     """N gateway processes sharing one port, on a shared redis-server, under a fresh prefix."""
 

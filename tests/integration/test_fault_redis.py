@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from tests.integration.faults import (
     wait_delivered,
     wait_log,
 )
-from tests.support import ROOT, Deployment, RedisServer, running, wait_for
+from tests.support import Deployment, RedisServer, running, start_worker
 
 
 @pytest.fixture
@@ -187,24 +185,6 @@ async def test_lost_subscription_is_resynced_from_last_delivered_id(
     assert [m.logins for m in members] == logins, "nobody had to reconnect"
     assert not [m for m in alice.received if m["id"] == live and m.get("replay")]
     assert gw2.alive()
-
-
-def start_worker(redis_url: str, prefix: str, logdir: Path) -> subprocess.Popen[bytes]:
-    """A real worker process; returns once it runs (it handles SIGTERM from then on)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REDCHAT_")}
-    path = logdir / "worker.log"
-    seen = path.read_text().count("worker running") if path.exists() else 0
-    with open(path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "--redis", redis_url, "--prefix", prefix],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-        )
-    wait_for(lambda: path.read_text().count("worker running") > seen, 15, "the worker to run")
-    return proc
 
 
 @pytest.mark.timeout(60)
