@@ -41,6 +41,20 @@ class StoreSettings:
     report_ttl_s: int = opt(
         86_400, "seconds reports are kept after the last one, if they led to no ban", "--report-ttl"
     )
+    schedule_max: int = opt(100, "scheduled messages one user may have waiting")
+    schedule_max_ahead_s: int = opt(
+        604_800, "how far ahead a message may be scheduled, in seconds", "--schedule-max-ahead"
+    )
+    schedule_max_late_s: int = opt(
+        3600,
+        "a scheduled message not sent within this many seconds of its time (no worker"
+        " ran) is dropped, and its author told; 0 sends it however late",
+        "--schedule-max-late",
+    )
+    schedule_poll_s: float = opt(0.25, "longest the scheduler waits between looks for due messages")
+    schedule_lease_s: float = opt(
+        30.0, "seconds a worker holds a claimed message before another worker may take it over"
+    )
     data_dir: str = opt("data", "where the embedded Redis keeps its files")
     log_level: str = opt("INFO", "DEBUG, INFO, WARNING or ERROR")
 
@@ -185,6 +199,11 @@ def _validate(settings: Any) -> None:
         raise ConfigError("--report-threshold must be at least 1")
     if getattr(settings, "rate_limit", 0) and getattr(settings, "rate_window_s", 1) < 1:
         raise ConfigError("--rate-window must be at least 1 with a rate limit")
+    if isinstance(settings, StoreSettings):
+        if settings.schedule_lease_s < 1:
+            raise ConfigError("--schedule-lease-s must be at least 1")
+        if not 0.01 <= settings.schedule_poll_s <= 60:
+            raise ConfigError("--schedule-poll-s must be between 0.01 and 60")
     if isinstance(settings, GatewaySettings):
         if settings.processes < 1:
             raise ConfigError("--processes must be at least 1")

@@ -34,7 +34,11 @@ async def send(ctx: Context, cmd: Send) -> None:
 
 async def history(ctx: Context, cmd: GetHistory) -> None:
     conversation, name = await ctx.store.resolve(ctx.user, cmd.with_)
-    messages = await ctx.store.messages.read_last(conversation, cmd.limit, cmd.before)
+    await ctx.store.check_readable(ctx.user, conversation)
+    store = ctx.store.messages
+    messages = await store.with_replies(
+        conversation, await store.read_last(conversation, cmd.limit, cmd.before)
+    )
     await ctx.conn.send_paced(HistoryResult(name, tuple(messages), rid=cmd.rid))
 
 

@@ -30,6 +30,9 @@ class Conn(Protocol):
 
     def close_with(self, ev: Event | None = None) -> None: ...
 
+    def switch_to(self, conversation: str) -> None:
+        """Where this connection's plain text lines go from now on."""
+
     # login and re-sync
     async def begin_sync(self, user: str) -> None:
         """Become ``user``: subscribe, count in presence; live events are held back."""

@@ -6,23 +6,34 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from gateway.errors import ClientError
-from gateway.handlers import chat, moderation, sync
+from gateway.handlers import chat, moderation, rooms, sync
 from gateway.handlers.context import Context
 from gateway.protocol import (
     HELP_TEXT,
+    Approve,
     Bye,
     Command,
+    CreateRoom,
+    Deny,
     GetHistory,
     GetLog,
+    GetMembers,
     GetStatus,
+    GetThread,
     Help,
+    Invite,
+    Join,
+    Leave,
+    ListRooms,
     Login,
+    MakeLink,
     Notice,
     Ping,
     Pong,
     Quit,
     Report,
     Send,
+    Switch,
 )
 from gateway.protocol.ops import op_of
 
@@ -53,6 +64,17 @@ HANDLERS: Final[dict[type, Handler]] = {
     Ping: _ping,
     Quit: _quit,
     Report: moderation.report,
+    CreateRoom: rooms.create_room,
+    Invite: rooms.invite,
+    MakeLink: rooms.link,
+    Join: rooms.join,
+    Approve: rooms.approve,
+    Deny: rooms.deny,
+    Leave: rooms.leave,
+    ListRooms: rooms.rooms,
+    GetMembers: rooms.members,
+    GetThread: rooms.thread,
+    Switch: rooms.switch,
 }
 
 

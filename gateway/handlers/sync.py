@@ -13,11 +13,12 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from gateway.errors import ClientError
+from gateway.errors import ClientError, Unavailable
 from gateway.handlers.context import Context
 from gateway.protocol import (
     GENERAL,
     GetStatus,
+    JoinRequest,
     Login,
     Message,
     Notice,
@@ -65,12 +66,21 @@ async def login(ctx: Context, cmd: Login) -> None:
         raise
     conn.finish_sync()
     conn.send_event(Synced(rid=cmd.rid))
+    # An owner hears of every request still open, as if it had come just now.
+    try:
+        waiting = await ctx.store.rooms.pending_for_owner(account.name)
+        names = await ctx.store.accounts.display_names([user for _, user in waiting])
+    except Unavailable as exc:
+        log.warning("could not list join requests for %s: %s", account.name, exc)
+        return
+    for (room, user), name in zip(waiting, names, strict=True):
+        conn.send_event(JoinRequest(room, name or user))
     log.info("login user=%s new=%s peer=%s", account.name, account.new, conn.peer_address)
 
 
 async def _plan(ctx: Context, since: Mapping[str, str] | None) -> list[_Replay]:
     store, s, me = ctx.store, ctx.settings, ctx.user
-    conversations = await store.cursors.conversations(me)
+    conversations = await store.conversations(me)
     cursors = await store.cursors.cursors(me)
     names = await store.reader_names(me, conversations)
     wanted = {k.lower(): v for k, v in (since or {}).items()}
@@ -155,7 +165,7 @@ class _Source:
 async def status(ctx: Context, cmd: GetStatus) -> None:
     store, me = ctx.store, ctx.user
     online = await store.presence.online(stale_ms=int(ctx.settings.heartbeat_s * 3000))
-    conversations = await store.cursors.conversations(me)
+    conversations = await store.conversations(me)
     cursors = await store.cursors.cursors(me)
     afters = [_later(cursors.get(c), ctx.conn.last_sent.get(c)) for c in conversations]
     counts = await store.messages.unread_counts(

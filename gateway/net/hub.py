@@ -60,6 +60,7 @@ class Route:
     channel: str
     user: str | None
     sessions: set[Session] = field(default_factory=set)
+    room: str | None = None  # set for a room's channel (other than #general)
     confirmed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -113,34 +114,68 @@ class Hub:
         await self.flush_cursors()
 
     # -- subscriptions ----------------------------------------------------------
-    async def join(self, session: Session) -> None:
-        """Attach a logged-in session to #general and its user's channel.
+    async def join(self, session: Session, rooms: list[str] | None = None) -> None:
+        """Attach a logged-in session to #general, its user's channel and ``rooms``.
 
         Returns once Redis has confirmed the subscriptions, so a replay read after
         this cannot miss a message published in between; waits at most
         ``SUBSCRIBE_WAIT_S``.
         """
+        assert session.user is not None
+        self._general.sessions.add(session)
+        routes = [self._attach(session, self.keys.user_channel(session.user), session.user)]
+        for room in rooms or ():
+            session.rooms.add(room)
+            routes.append(self._attach(session, self.keys.room_channel(room), None, room))
+        await self._confirmed(session, routes)
+
+    async def join_room(self, session: Session, room: str) -> None:
+        """Attach a live session to one more room (it just became a member)."""
+        session.rooms.add(room)
+        route = self._attach(session, self.keys.room_channel(room), None, room)
+        await self._confirmed(session, [route], room)
+
+    def leave_room(self, session: Session, room: str) -> None:
+        session.rooms.discard(room)
+        self._detach(session, self.keys.room_channel(room))
+
+    def leave(self, session: Session) -> None:
+        self._general.sessions.discard(session)
+        if session.user is None:
+            return
+        self._detach(session, self.keys.user_channel(session.user))
+        for room in list(session.rooms):
+            self.leave_room(session, room)
+
+    def _attach(
+        self, session: Session, channel: str, user: str | None, room: str | None = None
+    ) -> Route:
         if not self._ready.is_set() or self._sub is None:
             raise Unavailable("the pub/sub link is down")
-        assert session.user is not None
-        channel = self.keys.user_channel(session.user)
         route = self._routes.get(channel.encode())
         if route is None:
-            route = Route(channel, session.user.lower())
+            route = Route(channel, user.lower() if user else None, room=room)
             self._routes[channel.encode()] = route
             task = asyncio.create_task(self._subscribe(self._sub, route))
             self._subscribing.add(task)
             task.add_done_callback(self._subscribing.discard)
         route.sessions.add(session)
-        self._general.sessions.add(session)
+        return route
+
+    async def _confirmed(
+        self, session: Session, routes: list[Route], room: str | None = None
+    ) -> None:
         try:
             async with asyncio.timeout(SUBSCRIBE_WAIT_S):
-                await route.confirmed.wait()
-        except TimeoutError:
-            self.leave(session)
-            raise Unavailable(f"no subscription within {SUBSCRIBE_WAIT_S:g} s") from None
-        except BaseException:
-            self.leave(session)
+                for route in routes:
+                    await route.confirmed.wait()
+        except BaseException as exc:
+            if room is None:
+                self.leave(session)
+            else:
+                self.leave_room(session, room)
+            if isinstance(exc, TimeoutError):
+                raise Unavailable(f"no subscription within {SUBSCRIBE_WAIT_S:g} s") from None
             raise
 
     async def _subscribe(self, sub: Subscriber, route: Route) -> None:
@@ -151,13 +186,10 @@ class Hub:
             return  # the link is down: the reconnect resubscribes every route
         route.confirmed.set()
 
-    def leave(self, session: Session) -> None:
-        self._general.sessions.discard(session)
-        if session.user is None:
-            return
-        key = self.keys.user_channel(session.user).encode()
+    def _detach(self, session: Session, channel: str) -> None:
+        key = channel.encode()
         route = self._routes.get(key)
-        if route is None:
+        if route is None or route is self._general:
             return
         route.sessions.discard(session)
         if not route.sessions:
@@ -220,10 +252,13 @@ class Hub:
             await self._reread(GENERAL, holding, since_ms)
             for route in list(self._routes.values()):
                 targets = holding & route.sessions
-                if route.user is None or not targets:
+                if not targets:
                     continue
-                for conversation in (await self.store.cursors.conversations(route.user))[1:]:
-                    await self._reread(conversation, targets, since_ms)
+                if route.room is not None:
+                    await self._reread(route.room, targets, since_ms)
+                elif route.user is not None:
+                    for conversation in (await self.store.cursors.conversations(route.user))[1:]:
+                        await self._reread(conversation, targets, since_ms)
         except Exception as exc:
             # Going live now could hide a gap: the clients come back and resume instead.
             if isinstance(exc, Unavailable):

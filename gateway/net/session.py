@@ -47,7 +47,9 @@ from gateway.protocol import (
     Error,
     Event,
     Framing,
+    Joined,
     JsonCodec,
+    Left,
     Message,
     Send,
     TextCodec,
@@ -129,6 +131,9 @@ class Session(asyncio.Protocol):
         self._held_events: list[Event] = []
         self._held_bytes = 0
         self.last_sent: dict[str, tuple[int, int]] = {}  # conversation -> last id delivered
+        self.rooms: set[str] = set()  # rooms subscribed (besides #general)
+        self._room_changes: list[Joined | Left] = []
+        self._room_worker: asyncio.Task[None] | None = None
         self.created = self.last_heard = time.monotonic()
         self._counted = False  # counted in the gateway's presence
         self._errors = TokenBucket(ERROR_RATE, ERROR_BURST)
@@ -218,8 +223,9 @@ class Session(asyncio.Protocol):
         was = self.state
         if was is not State.CLOSED:
             self._to(State.CLOSED)
-        if self._worker is not None and not self._worker.done():
-            self._worker.cancel()
+        for task in (self._worker, self._room_worker):
+            if task is not None and not task.done():
+                task.cancel()
         if self.outbox is not None:
             self.outbox.release()
         self._held.clear()
@@ -279,6 +285,10 @@ class Session(asyncio.Protocol):
             self.outbox.discard()
         self._abort()
 
+    def switch_to(self, conversation: str) -> None:
+        if isinstance(self.codec, TextCodec):
+            self.codec.room = conversation
+
     def close_with(self, ev: Event | None = None, flush: bool = True) -> None:
         """Say a last word and close; a client that does not read is cut off after 2 s."""
         if self.transport is None or self.transport.is_closing() or self.outbox is None:
@@ -324,11 +334,47 @@ class Session(asyncio.Protocol):
             self._held_bytes += size
 
     def push(self, ev: Event) -> None:
-        """An event published to the user (a warning, ...): live, or after the sync."""
-        if self.state is State.LIVE:
+        """An event published to the user (a warning, ...): live, or after the sync.
+        Joining or leaving a room also changes what this session receives."""
+        if self.state is State.LIVE and isinstance(ev, Joined | Left):
+            self._room_changes.append(ev)
+            if self._room_worker is None or self._room_worker.done():
+                self._room_worker = asyncio.create_task(self._apply_room_changes())
+        elif self.state is State.LIVE:
             self.send_event(ev)
         elif self.state is State.SYNCING and len(self._held_events) < MAX_HELD_EVENTS:
             self._held_events.append(ev)
+
+    async def _apply_room_changes(self) -> None:
+        """Subscribe to a room just joined (with its last messages, as a new user gets
+        #general's) or drop one just left; then tell the client. One at a time."""
+        while self._room_changes and self.state is not State.CLOSED:
+            ev = self._room_changes.pop(0)
+            try:
+                if isinstance(ev, Left):
+                    self.gw.hub.leave_room(self, ev.room)
+                    self.send_event(ev)
+                elif ev.room in self.rooms:
+                    self.send_event(ev)
+                else:
+                    await self._join_room(ev.room)
+            except Unavailable as exc:
+                log.warning("could not follow user=%s into %s: %s", self.user, ev.room, exc)
+                self.close_with(Error("unavailable", "lost track of your rooms; reconnect"))
+            except Exception:
+                log.exception("bug while following user=%s into %s", self.user, ev.room)
+                self.close_with(Error("internal", "internal error; it has been logged"))
+
+    async def _join_room(self, room: str) -> None:
+        await self.gw.hub.join_room(self, room)
+        holding = self.begin_resync()  # the room's live messages wait for its last ones
+        try:
+            recent = await self.gw.store.messages.read_last(room, self.settings.history_size)
+            self.send_event(Joined(room))
+            self.replay_now(room, recent)
+        finally:
+            if holding:
+                self.finish_sync()
 
     def _deliver_now(self, conversation: str, msg: Message) -> None:
         last = self.last_sent.get(conversation)
@@ -355,7 +401,7 @@ class Session(asyncio.Protocol):
         self.user = user
         self._to(State.SYNCING)
         try:
-            await self.gw.hub.join(self)
+            await self.gw.hub.join(self, await self.gw.store.rooms.of_user(user))
             self._counted = True  # from here on, leaving must count the user out
             await self.gw.user_joined(user)
         except BaseException:
@@ -391,7 +437,7 @@ class Session(asyncio.Protocol):
         events, self._held_events = self._held_events, []
         self._to(State.LIVE)
         for ev in events:
-            self.send_event(ev)
+            self.push(ev)
         for conversation, msg in held:
             self._deliver_now(conversation, msg)
 

@@ -18,28 +18,60 @@ from gateway.protocol.values import parse_stream_id
 __all__ = [
     "Ack",
     "Bye",
+    "Cancelled",
     "Error",
     "Event",
     "HistoryResult",
+    "JoinRequest",
+    "Joined",
+    "Left",
+    "LinkResult",
     "LogResult",
+    "MembersResult",
     "Message",
     "Notice",
+    "Ok",
+    "Pending",
     "Pong",
     "Quota",
+    "Quote",
     "ReportWarning",
     "Reported",
     "Rid",
+    "RoomInfo",
+    "RoomResult",
+    "RoomsResult",
+    "ScheduleList",
+    "ScheduleOutcome",
+    "Scheduled",
     "StatusResult",
     "Synced",
+    "ThreadResult",
     "Welcome",
     "dumps",
     "event_to_dict",
     "message_from_dict",
     "message_json_tail",
     "pushed_from_dict",
+    "scheduled_from_dict",
 ]
 
 Rid = str | int | None
+
+
+QUOTE_CHARS = 80  # how much of a replied-to message a reply shows
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """The start of the message a reply answers: who wrote it and its first words."""
+
+    from_: str
+    text: str
+
+    @classmethod
+    def of(cls, from_: str, text: str) -> Quote:
+        return cls(from_, text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 1] + "…")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +83,8 @@ class Message:
     ts: int
     reply_to: str | None = None
     replay: bool = False
+    quote: Quote | None = None  # the start of the message replied to
+    replies: int = 0  # how many replies it has (in history and threads)
     # The JSON line as published, shared by every JSON session on a gateway.
     raw: bytes | None = field(default=None, compare=False, repr=False)
     _key: tuple[int, int] | None = field(default=None, init=False, compare=False, repr=False)
@@ -142,6 +176,138 @@ class ReportWarning:
 
 
 @dataclass(frozen=True, slots=True)
+class RoomInfo:
+    room: str
+    owner: str
+    private: bool
+    members: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RoomResult:
+    """The answer to ``create_room`` (type ``room``)."""
+
+    room: str
+    owner: str
+    private: bool
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkResult:
+    room: str
+    token: str
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """The user is now a member: the answer to ``join``, and pushed to all their clients."""
+
+    room: str
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A join by link waits for the owner."""
+
+    room: str
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class Left:
+    room: str
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRequest:
+    """Pushed to a room's owner: ``user`` asks to join."""
+
+    room: str
+    user: str
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomsResult:
+    rooms: tuple[RoomInfo, ...]
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class MembersResult:
+    room: str
+    members: tuple[str, ...]
+    pending: tuple[str, ...] | None = None  # the owner's view only
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadResult:
+    with_: str
+    message: Message
+    replies: tuple[Message, ...]
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ok:
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class Scheduled:
+    """A message waiting to be sent at ``at`` (ms): the answer to ``schedule``, an
+    item of ``schedules``, and pushed (without rid) to every client of its author."""
+
+    sid: str
+    to: str
+    at: int
+    text: str
+    reply_to: str | None = None
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleList:
+    """The caller's scheduled messages not yet sent, soonest first (type ``schedules``)."""
+
+    items: tuple[Scheduled, ...]
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """A scheduled message will not be sent: the answer to ``cancel``, also pushed."""
+
+    sid: str
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleOutcome:
+    """Pushed to every client of the author when a scheduled message was sent, or was
+    refused at its time (type ``notice``, with the scheduled message's fields)."""
+
+    sid: str
+    to: str
+    at: int
+    sent: bool
+    id: str | None = None  # the message id, when sent
+    code: str | None = None  # when not sent: why, as an error code ...
+    reason: str = ""  # ... and its message
+    rid: Rid = None
+
+    @property
+    def text(self) -> str:
+        head = f"your scheduled message {self.sid} to {self.to}"
+        return f"{head} was sent" if self.sent else f"{head} was not sent: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
 class Error:
     code: str
     message: str
@@ -175,6 +341,20 @@ Event = (
     | StatusResult
     | Reported
     | ReportWarning
+    | RoomResult
+    | LinkResult
+    | Joined
+    | Pending
+    | Left
+    | JoinRequest
+    | RoomsResult
+    | MembersResult
+    | ThreadResult
+    | Scheduled
+    | ScheduleList
+    | Cancelled
+    | ScheduleOutcome
+    | Ok
     | Error
     | Notice
     | Pong
@@ -187,11 +367,15 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
-def message_json_tail(from_: str, to: str, text: str, reply_to: str | None) -> str:
+def message_json_tail(
+    from_: str, to: str, text: str, reply_to: str | None, quote: Quote | None = None
+) -> str:
     """What follows ``{"type":"message","id":"<id>","ts":<ms>`` in a published message."""
-    tail: dict[str, str] = {"from": from_, "to": to, "text": text}
+    tail: dict[str, Any] = {"from": from_, "to": to, "text": text}
     if reply_to:
         tail["reply_to"] = reply_to
+        if quote is not None:
+            tail["quote"] = {"from": quote.from_, "text": quote.text}
     return "," + json.dumps(tail, ensure_ascii=False, separators=(",", ":"))[1:]
 
 
@@ -206,6 +390,10 @@ def _message_dict(m: Message) -> dict[str, Any]:
     }
     if m.reply_to:
         d["reply_to"] = m.reply_to
+        if m.quote is not None:
+            d["quote"] = {"from": m.quote.from_, "text": m.quote.text}
+    if m.replies:
+        d["replies"] = m.replies
     if m.replay:
         d["replay"] = True
     return d
@@ -269,6 +457,52 @@ def event_to_dict(ev: Event) -> dict[str, Any]:
                 "threshold": ev.threshold,
                 "banned_until": ev.banned_until,
             }
+        case RoomResult():
+            d = {"type": "room", "room": ev.room, "owner": ev.owner, "private": ev.private}
+        case LinkResult():
+            d = {"type": "link", "room": ev.room, "token": ev.token}
+        case Joined():
+            d = {"type": "joined", "room": ev.room}
+        case Pending():
+            d = {"type": "pending", "room": ev.room}
+        case Left():
+            d = {"type": "left", "room": ev.room}
+        case JoinRequest():
+            d = {"type": "join_request", "room": ev.room, "user": ev.user}
+        case RoomsResult():
+            d = {
+                "type": "rooms",
+                "rooms": [
+                    {"room": r.room, "private": r.private, "owner": r.owner, "members": r.members}
+                    for r in ev.rooms
+                ],
+            }
+        case MembersResult():
+            d = {"type": "members", "room": ev.room, "members": list(ev.members)}
+            if ev.pending is not None:
+                d["pending"] = list(ev.pending)
+        case ThreadResult():
+            d = {
+                "type": "thread",
+                "with": ev.with_,
+                "message": _message_dict(ev.message),
+                "replies": [_message_dict(m) for m in ev.replies],
+            }
+        case Scheduled():
+            d = {"type": "scheduled", **_scheduled_dict(ev)}
+        case ScheduleList():
+            d = {"type": "schedules", "items": [_scheduled_dict(s) for s in ev.items]}
+        case Cancelled():
+            d = {"type": "cancelled", "sid": ev.sid}
+        case ScheduleOutcome():
+            d = {"type": "notice", "text": ev.text, "sid": ev.sid, "to": ev.to, "at": ev.at,
+                 "sent": ev.sent}  # fmt: skip
+            if ev.sent:
+                d["id"] = ev.id
+            else:
+                d |= {"code": ev.code, "reason": ev.reason}
+        case Ok():
+            d = {"type": "ok"}
         case Error():
             d = {"type": "error", "code": ev.code, "message": ev.message, **ev.extra}
         case Notice():
@@ -282,9 +516,26 @@ def event_to_dict(ev: Event) -> dict[str, Any]:
     return d
 
 
+def _scheduled_dict(s: Scheduled) -> dict[str, Any]:
+    d: dict[str, Any] = {"sid": s.sid, "to": s.to, "at": s.at, "text": s.text}
+    if s.reply_to:
+        d["reply_to"] = s.reply_to
+    return d
+
+
+def scheduled_from_dict(d: Mapping[str, Any]) -> Scheduled:
+    """A scheduled message from its JSON object (as stored, listed and pushed)."""
+    reply_to = d.get("reply_to")
+    return Scheduled(
+        str(d["sid"]), str(d["to"]), int(d["at"]), str(d["text"]),
+        str(reply_to) if reply_to else None,
+    )  # fmt: skip
+
+
 def message_from_dict(d: Mapping[str, Any], raw: bytes | None = None) -> Message:
     """A message event from its JSON object (as published by the store)."""
     reply_to = d.get("reply_to")
+    quote = d.get("quote")
     sid = str(d["id"])
     parse_stream_id(sid)  # a malformed id is refused here, not at every recipient
     return Message(
@@ -294,6 +545,7 @@ def message_from_dict(d: Mapping[str, Any], raw: bytes | None = None) -> Message
         text=str(d["text"]),
         ts=int(d["ts"]),
         reply_to=str(reply_to) if reply_to else None,
+        quote=Quote(str(quote["from"]), str(quote["text"])) if isinstance(quote, dict) else None,
         raw=raw,
     )
 
@@ -301,6 +553,26 @@ def message_from_dict(d: Mapping[str, Any], raw: bytes | None = None) -> Message
 def pushed_from_dict(d: Mapping[str, Any]) -> Event | None:
     """An event published to a user's channel other than a message (None if unknown)."""
     match d.get("type"):
+        case "joined":
+            return Joined(str(d["room"]))
+        case "left":
+            return Left(str(d["room"]))
+        case "join_request":
+            return JoinRequest(str(d["room"]), str(d["user"]))
+        case "scheduled":
+            return scheduled_from_dict(d)
+        case "cancelled":
+            return Cancelled(str(d["sid"]))
+        case "notice" if "sid" in d:
+            code = d.get("code")
+            return ScheduleOutcome(
+                str(d["sid"]), str(d["to"]), int(d["at"]), d.get("sent") is True,
+                id=str(d["id"]) if d.get("id") else None,
+                code=str(code) if code else None,
+                reason=str(d.get("reason") or ""),
+            )  # fmt: skip
+        case "notice":
+            return Notice(str(d["text"]))
         case "warning":
             until = d.get("banned_until")
             return ReportWarning(

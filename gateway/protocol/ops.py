@@ -14,6 +14,9 @@ turn into an ``error`` event; nothing here does I/O.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
@@ -29,25 +32,41 @@ from gateway.protocol.values import (
     printable,
     valid_cid,
     valid_name,
+    valid_token,
 )
+from gateway.protocol.when import parse_when
 
 __all__ = [
     "BY_NAME",
     "BY_WORD",
     "GENERAL",
     "OPS",
+    "Approve",
+    "Cancel",
     "Command",
+    "CreateRoom",
+    "Deny",
     "GetHistory",
     "GetLog",
+    "GetMembers",
+    "GetSchedules",
     "GetStatus",
+    "GetThread",
     "Help",
+    "Invite",
+    "Join",
+    "Leave",
+    "ListRooms",
     "Login",
+    "MakeLink",
     "Op",
     "Ping",
     "Quit",
     "Reject",
     "Report",
+    "Schedule",
     "Send",
+    "Switch",
     "TextContext",
     "help_text",
     "parse_json_request",
@@ -140,7 +159,125 @@ class Help:
     rid: Rid = None
 
 
-Command = Login | Send | GetHistory | GetLog | GetStatus | Ping | Quit | Help | Report
+@dataclass(frozen=True, slots=True)
+class CreateRoom:
+    OP: ClassVar[str] = "create_room"
+    room: str
+    private: bool = True
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class Invite:
+    OP: ClassVar[str] = "invite"
+    room: str
+    user: str
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class MakeLink:
+    OP: ClassVar[str] = "link"
+    room: str
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """A public room by name, or a private one by its invite token."""
+
+    OP: ClassVar[str] = "join"
+    room: str | None = None
+    token: str | None = None
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class Approve:
+    OP: ClassVar[str] = "approve"
+    room: str
+    user: str
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    OP: ClassVar[str] = "deny"
+    room: str
+    user: str
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    OP: ClassVar[str] = "leave"
+    room: str
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListRooms:
+    OP: ClassVar[str] = "rooms"
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class GetMembers:
+    OP: ClassVar[str] = "members"
+    room: str
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class GetThread:
+    OP: ClassVar[str] = "thread"
+    with_: str
+    id: str
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class Switch:
+    """Text lines only: where this connection's plain lines go."""
+
+    OP: ClassVar[str] = "switch"
+    to: str
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """Send ``text`` to ``to`` later: at ``at`` (ms since the epoch) or ``in_`` seconds
+    from when the server reads the request; exactly one of the two."""
+
+    OP: ClassVar[str] = "schedule"
+    to: str
+    text: str
+    at: int | None = None
+    in_: float | None = None
+    reply_to: str | None = None
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class GetSchedules:
+    OP: ClassVar[str] = "schedules"
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    OP: ClassVar[str] = "cancel"
+    sid: str
+    rid: Rid = None
+
+
+Command = (
+    Login | Send | GetHistory | GetLog | GetStatus | Ping | Quit | Help | Report
+    | CreateRoom | Invite | MakeLink | Join | Approve | Deny | Leave | ListRooms | GetMembers
+    | GetThread | Switch
+    | Schedule | GetSchedules | Cancel
+)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
@@ -184,6 +321,26 @@ def check_target(to: Any, what: str = "'to'") -> str:
             raise Reject("bad_name", "room names are '#' and 1-32 letters, digits, '_.-'")
         return to.lower()
     return check_name(to, "recipient")
+
+
+def check_room(room: Any, what: str = "'room'") -> str:
+    if not isinstance(room, str) or not room.startswith("#"):
+        raise Reject("bad_request", f"{what} must be a room name like #team")
+    return check_target(room, what)
+
+
+def check_token(token: Any) -> str:
+    if not isinstance(token, str) or not valid_token(token):
+        raise Reject("not_found", "that invite link is not valid")
+    return token
+
+
+def check_bool(value: Any, what: str, default: bool) -> bool:
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise Reject("bad_request", f"{what} must be true or false")
+    return value
 
 
 def check_id(value: Any, what: str) -> str:
@@ -235,6 +392,32 @@ def check_since(since: Any) -> dict[str, str] | None:
             for conv, sid in since.items()}  # fmt: skip
 
 
+_SID_RE: Final = re.compile(r"[0-9A-Za-z]{1,32}")
+
+
+def check_sid(sid: Any) -> str:
+    """A scheduled message's id (the server makes them: lower-case letters and digits)."""
+    if not isinstance(sid, str) or not _SID_RE.fullmatch(sid):
+        raise Reject("bad_request", "'sid' must be a scheduled message's id, like 3f9a2c1b")
+    return sid.lower()
+
+
+def check_when(at: Any, in_: Any) -> tuple[int | None, float | None]:
+    """Exactly one of ``at`` (ms since the epoch) and ``in`` (seconds from now). How far
+    ahead is allowed is a setting, checked by the server."""
+    if (at is None) == (in_ is None):
+        raise Reject("bad_request", "give 'at' (ms since the epoch) or 'in' (seconds), not both")
+    if at is not None:
+        if isinstance(at, bool) or not isinstance(at, int) or not 0 < at < 1 << 53:
+            raise Reject("bad_request", "'at' must be a time in ms since the epoch")
+        return at, None
+    if isinstance(in_, bool) or not isinstance(in_, int | float) or not math.isfinite(in_):
+        raise Reject("bad_request", "'in' must be a number of seconds")
+    if not 0 < in_ <= 1e9:
+        raise Reject("bad_request", "'in' must be more than 0 seconds")
+    return None, in_
+
+
 # ---------------------------------------------------------------------------
 # Text arguments
 # ---------------------------------------------------------------------------
@@ -243,11 +426,13 @@ def check_since(since: Any) -> dict[str, str] | None:
 @dataclass(frozen=True, slots=True)
 class TextContext:
     """What a text line needs beyond itself: where plain lines go, how long a text
-    may be, and how a short number shown on screen maps to (conversation, id)."""
+    may be, how a short number shown on screen maps to (conversation, id), and the
+    clock a time of day (``/schedule 14:30 ...``) is read against (local time)."""
 
     max_text_chars: int = 4000
     room: str = GENERAL
     resolve: Callable[[int], tuple[str, str] | None] = lambda n: None
+    now: Callable[[], float] = time.time
 
 
 def _usage(op: str) -> Reject:
@@ -316,6 +501,84 @@ def _text_report(rest: str, ctx: TextContext) -> Command:
     return Report(check_name(name), check_reason(reason.strip()))
 
 
+def _args(rest: str, op: str, count: int) -> list[str]:
+    args = rest.split()
+    if len(args) != count:
+        raise _usage(op)
+    return args
+
+
+def _text_room(rest: str, ctx: TextContext) -> Command:
+    args = rest.split()
+    if len(args) not in (2, 3) or args[0].lower() != "create":
+        raise _usage("create_room")
+    if len(args) == 3 and args[2].lower() not in ("public", "private"):
+        raise _usage("create_room")
+    public = len(args) == 3 and args[2].lower() == "public"
+    return CreateRoom(check_room(args[1], "the room"), private=not public)
+
+
+def _text_room_user(make: Callable[[str, str], Command], op: str) -> TextParser:
+    def parse(rest: str, ctx: TextContext) -> Command:
+        room, user = _args(rest, op, 2)
+        return make(check_room(room, "the room"), check_name(user))
+
+    return parse
+
+
+def _text_room_only(make: Callable[[str], Command], op: str) -> TextParser:
+    def parse(rest: str, ctx: TextContext) -> Command:
+        (room,) = _args(rest, op, 1)
+        return make(check_room(room, "the room"))
+
+    return parse
+
+
+def _text_join(rest: str, ctx: TextContext) -> Command:
+    (what,) = _args(rest, "join", 1)
+    if what.startswith("#"):
+        return Join(room=check_room(what, "the room"))
+    return Join(token=check_token(what))
+
+
+def _text_thread(rest: str, ctx: TextContext) -> Command:
+    (ref,) = _args(rest, "thread", 1)
+    n = parse_count(ref.removeprefix("[").removesuffix("]"))
+    if n is None:
+        raise _usage("thread")
+    target = ctx.resolve(n)
+    if target is None:
+        raise Reject("not_found", f"no message [{n}] on this screen")
+    conversation, sid = target
+    return GetThread(conversation, sid)
+
+
+def _text_switch(rest: str, ctx: TextContext) -> Command:
+    (to,) = _args(rest, "switch", 1)
+    return Switch(check_target(to, "where to switch"))
+
+
+def _text_schedule(rest: str, ctx: TextContext) -> Command:
+    # "/schedule 10m bob see you", "/schedule 14:30 #general lunch!"
+    when, _, after = rest.partition(" ")
+    to, _, text = after.strip().partition(" ")
+    if not when or not to or not text.strip():
+        raise _usage("schedule")
+    try:
+        at, in_s = parse_when(when, ctx.now())
+    except ValueError as exc:
+        raise Reject("bad_request", f"{exc}; usage: {BY_NAME['schedule'].usage}") from None
+    return Schedule(
+        check_target(to, "the recipient"), check_text(text.strip(), ctx.max_text_chars),
+        at=at, in_=in_s,
+    )  # fmt: skip
+
+
+def _text_cancel(rest: str, ctx: TextContext) -> Command:
+    (sid,) = _args(rest, "cancel", 1)
+    return Cancel(check_sid(sid))
+
+
 def _no_args(make: Callable[[], Command]) -> Callable[[str, TextContext], Command]:
     return lambda rest, ctx: make()
 
@@ -364,6 +627,54 @@ def _json_report(obj: Mapping[str, Any], ctx: TextContext, rid: Rid) -> Command:
     return Report(check_name(obj.get("user")), check_reason("" if reason is None else reason), rid)
 
 
+def _json_create_room(obj: Mapping[str, Any], ctx: TextContext, rid: Rid) -> Command:
+    return CreateRoom(
+        check_room(obj.get("room")), check_bool(obj.get("private"), "'private'", True), rid
+    )
+
+
+def _json_room_user(make: Callable[[str, str, Rid], Command]) -> JsonParser:
+    return lambda obj, ctx, rid: make(check_room(obj.get("room")), check_name(obj.get("user")), rid)
+
+
+def _json_room_only(make: Callable[[str, Rid], Command]) -> JsonParser:
+    return lambda obj, ctx, rid: make(check_room(obj.get("room")), rid)
+
+
+def _json_join(obj: Mapping[str, Any], ctx: TextContext, rid: Rid) -> Command:
+    room, token = obj.get("room"), obj.get("token")
+    if (room is None) == (token is None):
+        raise Reject("bad_request", "join takes 'room' (a public room) or 'token' (a link)")
+    if room is not None:
+        return Join(room=check_room(room), rid=rid)
+    return Join(token=check_token(token), rid=rid)
+
+
+def _json_thread(obj: Mapping[str, Any], ctx: TextContext, rid: Rid) -> Command:
+    return GetThread(check_target(obj.get("with"), "'with'"), check_id(obj.get("id"), "'id'"), rid)
+
+
+def _json_schedule(obj: Mapping[str, Any], ctx: TextContext, rid: Rid) -> Command:
+    at, in_s = check_when(obj.get("at"), obj.get("in"))
+    reply_to = obj.get("reply_to")
+    return Schedule(
+        to=check_target(obj.get("to")),
+        text=check_text(obj.get("text"), ctx.max_text_chars),
+        at=at,
+        in_=in_s,
+        reply_to=None if reply_to is None else check_id(reply_to, "'reply_to'"),
+        rid=rid,
+    )
+
+
+def _json_cancel(obj: Mapping[str, Any], ctx: TextContext, rid: Rid) -> Command:
+    return Cancel(check_sid(obj.get("sid")), rid)
+
+
+def _json_text_only(obj: Mapping[str, Any], ctx: TextContext, rid: Rid) -> Command:
+    raise Reject("unknown_op", "this command is for text lines only")
+
+
 def _json_plain(
     make: Callable[[Rid], Command],
 ) -> Callable[[Mapping[str, Any], TextContext, Rid], Command]:
@@ -373,6 +684,10 @@ def _json_plain(
 # ---------------------------------------------------------------------------
 # The table
 # ---------------------------------------------------------------------------
+
+
+TextParser = Callable[[str, "TextContext"], Command]
+JsonParser = Callable[[Mapping[str, Any], "TextContext", Rid], Command]
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,6 +719,38 @@ OPS: Final[tuple[Op, ...]] = (
     Op("report", ("report",), "/report <user> [reason]",
        "report abuse (enough reports get a user banned from sending)",
        _json_report, _text_report),
+    Op("thread", ("thread", "t"), "/thread <n>",
+       "the message shown as [n] and all its replies", _json_thread, _text_thread),
+    Op("create_room", ("room",), "/room create #name [public]",
+       "make a room you own (private unless 'public')", _json_create_room, _text_room),
+    Op("join", ("join",), "/join #room|<link>",
+       "join a public room, or ask to join a private one with its link",
+       _json_join, _text_join),
+    Op("leave", ("leave",), "/leave #room", "leave a room",
+       _json_room_only(Leave), _text_room_only(Leave, "leave")),
+    Op("rooms", ("rooms",), "/rooms", "your rooms and the public ones",
+       _json_plain(ListRooms), _no_args(ListRooms)),
+    Op("members", ("members",), "/members #room",
+       "who is in a room (and, for its owner, who waits)",
+       _json_room_only(GetMembers), _text_room_only(GetMembers, "members")),
+    Op("invite", ("invite",), "/invite #room <user>", "owner: add someone to your room",
+       _json_room_user(Invite), _text_room_user(Invite, "invite")),
+    Op("link", ("link",), "/link #room", "owner: a new invite link (the old one stops working)",
+       _json_room_only(MakeLink), _text_room_only(MakeLink, "link")),
+    Op("approve", ("approve",), "/approve #room <user>", "owner: let a user who asked in",
+       _json_room_user(Approve), _text_room_user(Approve, "approve")),
+    Op("deny", ("deny",), "/deny #room <user>", "owner: turn down a request to join",
+       _json_room_user(Deny), _text_room_user(Deny, "deny")),
+    Op("switch", ("switch", "s"), "/switch #room|user",
+       "where your plain lines go (default #general)",
+       _json_text_only, _text_switch),
+    Op("schedule", ("schedule",), "/schedule <when> <#room|user> <text>",
+       "send later; when: 90s, 10m, 2h, 14:30 or 2025-11-21T14:30",
+       _json_schedule, _text_schedule),
+    Op("schedules", ("schedules",), "/schedules", "your scheduled messages not sent yet",
+       _json_plain(GetSchedules), _no_args(GetSchedules)),
+    Op("cancel", ("cancel",), "/cancel <sid>", "cancel a scheduled message",
+       _json_cancel, _text_cancel),
     Op("help", ("help", "?"), "/help", "this text",
        _json_plain(Help), _no_args(Help), needs_login=False),
     Op("ping", ("ping",), "/ping", "check the connection is alive",
@@ -415,7 +762,8 @@ OPS: Final[tuple[Op, ...]] = (
 # "reply" is a text-only form of send: its JSON op is "send" with reply_to.
 BY_NAME: Final = {op.name: op for op in OPS}
 BY_WORD: Final = {word: op for op in OPS for word in op.words}
-_JSON_OPS: Final = {name: op for name, op in BY_NAME.items() if name != "reply"}
+# "switch" is a text-only setting of the connection (JSON clients say "to" in each send).
+_JSON_OPS: Final = {name: op for name, op in BY_NAME.items() if name not in ("reply", "switch")}
 
 
 def op_of(cmd: Command) -> Op:

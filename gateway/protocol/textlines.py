@@ -13,17 +13,31 @@ from collections.abc import Mapping
 from gateway.protocol.events import (
     Ack,
     Bye,
+    Cancelled,
     Error,
     Event,
     HistoryResult,
+    Joined,
+    JoinRequest,
+    Left,
+    LinkResult,
     LogResult,
+    MembersResult,
     Message,
     Notice,
+    Ok,
+    Pending,
     Pong,
     Reported,
     ReportWarning,
+    RoomResult,
+    RoomsResult,
+    Scheduled,
+    ScheduleList,
+    ScheduleOutcome,
     StatusResult,
     Synced,
+    ThreadResult,
     Welcome,
 )
 from gateway.protocol.framing import Codec, Framing, decode_line
@@ -34,7 +48,9 @@ __all__ = [
     "ShortIds",
     "TextCodec",
     "moderation_lines",
+    "reply_text",
     "reported_line",
+    "schedule_lines",
     "unread_text",
     "warning_line",
 ]
@@ -121,6 +137,74 @@ def reported_line(ev: Reported, now_ms: float) -> str:
     return f"** reported {ev.user} ({ev.reports} of {ev.threshold})"
 
 
+def reply_text(m: Message, ids: ShortIds) -> str:
+    """What goes before a message's text: ``(re [3] bob: "the start of it") `` for
+    a reply, ``[2 replies] `` for a message that has some."""
+    out = ""
+    if m.reply_to:
+        ref = ids.known(m.reply_to)
+        where = f"[{ref}] " if ref is not None else ""
+        if m.quote is not None:
+            out = f'(re {where}{m.quote.from_}: "{printable(m.quote.text)}") '
+        else:
+            out = f"(re {where.strip() or 'an earlier message'}) "
+    if m.replies:
+        out += f"[{m.replies} repl{'y' if m.replies == 1 else 'ies'}] "
+    return out
+
+
+def when_text(at_ms: int, now_ms: float) -> str:
+    """A due time as people read it, in local time: "14:30 (in 10 min)", with the date
+    when it is not today."""
+    t = time.localtime(at_ms / 1000)
+    clock = time.strftime("%H:%M" if t.tm_sec == 0 else "%H:%M:%S", t)
+    if time.strftime("%Y%m%d", t) != time.strftime("%Y%m%d", time.localtime(now_ms / 1000)):
+        clock = time.strftime("%Y-%m-%d ", t) + clock
+    left_s = (at_ms - now_ms) / 1000
+    return f"{clock} (in {say_duration(left_s)})" if left_s > 0 else clock
+
+
+def schedule_lines(
+    ev: Scheduled | ScheduleList | Cancelled | ScheduleOutcome, now_ms: float
+) -> list[str]:
+    """Scheduled messages as people read them (the console client uses these too)."""
+
+    def item(s: Scheduled) -> str:
+        return f"{s.sid} {when_text(s.at, now_ms)} to {printable(s.to)}: {printable(s.text)}"
+
+    match ev:
+        case Scheduled():
+            return [f"** scheduled {item(ev)}  (/cancel {ev.sid} takes it back)"]
+        case ScheduleList():
+            if not ev.items:
+                return ["** no scheduled messages"]
+            return [f"** {len(ev.items)} scheduled message(s):"] + [
+                f"**   {item(s)}" for s in ev.items
+            ]
+        case Cancelled():
+            return [f"** cancelled scheduled message {ev.sid}"]
+        case ScheduleOutcome():
+            return [("** " if ev.sent else "!! ") + printable(ev.text)]
+
+
+class ScheduleEcho:
+    """A schedule or a cancel is answered to the client that asked and also pushed to
+    every client of the user, that one included, in either order: each is shown once."""
+
+    def __init__(self, keep: int = 256) -> None:
+        self.keep = keep
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    def first(self, kind: str, sid: str) -> bool:
+        key = (kind, sid)
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > self.keep:
+            self._seen.popitem(last=False)
+        return True
+
+
 class TextCodec(Codec):
     framing = Framing.TEXT
     login_hint = "log in first: /login <name> <password>"
@@ -130,6 +214,7 @@ class TextCodec(Codec):
         self.user: str | None = None
         self.room = GENERAL
         self.ids = ShortIds()
+        self.echo = ScheduleEcho()
 
     # -- reading -------------------------------------------------------------
     def parse_line(self, line: bytes) -> Command:
@@ -155,11 +240,7 @@ class TextCodec(Codec):
             where = f"(private to {m.to}) "
         else:
             where = "(private) "
-        reply = ""
-        if m.reply_to:
-            ref = self.ids.known(m.reply_to)
-            reply = f"(re [{ref}]) " if ref is not None else "(re an earlier message) "
-        return f"{clock} [{n}] {where}{m.from_}: {reply}{printable(m.text)}"
+        return f"{clock} [{n}] {where}{m.from_}: {reply_text(m, self.ids)}{printable(m.text)}"
 
     def encode(self, ev: Event) -> bytes:
         lines: list[str]
@@ -192,6 +273,47 @@ class TextCodec(Codec):
                 lines = [reported_line(ev, time.time() * 1000)]
             case ReportWarning():
                 lines = [warning_line(ev, time.time() * 1000)]
+            case ThreadResult():
+                lines = [f"** thread in {ev.with_}: the message and {len(ev.replies)} repl"
+                         f"{'y' if len(ev.replies) == 1 else 'ies'}"]  # fmt: skip
+                lines += [self._message_line(m) for m in (ev.message, *ev.replies)]
+            case RoomResult():
+                kind = "private" if ev.private else "public"
+                lines = [f"** {ev.room} is yours ({kind}). /invite {ev.room} <user>,"
+                         f" /link {ev.room} for an invite link"]  # fmt: skip
+            case LinkResult():
+                lines = [
+                    f"** invite link for {ev.room}: {ev.token}  (others type: /join {ev.token})"
+                ]
+            case Joined():
+                lines = [f"** you are in {ev.room}; /switch {ev.room} to talk there"]
+            case Pending():
+                lines = [f"** asked to join {ev.room}; its owner will decide"]
+            case Left():
+                if self.room == ev.room:
+                    self.room = GENERAL
+                lines = [f"** you left {ev.room}"]
+            case JoinRequest():
+                lines = [f"** {ev.user} asks to join {ev.room}: /approve {ev.room} {ev.user}"
+                         f" or /deny {ev.room} {ev.user}"]  # fmt: skip
+            case RoomsResult():
+                lines = [f"** rooms ({len(ev.rooms)}):"] + [
+                    f"**   {r.room} ({'private' if r.private else 'public'}, owner {r.owner},"
+                    f" {r.members} member{'' if r.members == 1 else 's'})"
+                    for r in ev.rooms
+                ]
+            case MembersResult():
+                lines = [f"** members of {ev.room} ({len(ev.members)}): {', '.join(ev.members)}"]
+                if ev.pending:
+                    lines.append(f"** waiting for your approval: {', '.join(ev.pending)}")
+            case Scheduled() | Cancelled():
+                if not self.echo.first(type(ev).__name__, ev.sid):
+                    return b""
+                lines = schedule_lines(ev, time.time() * 1000)
+            case ScheduleList() | ScheduleOutcome():
+                lines = schedule_lines(ev, time.time() * 1000)
+            case Ok():
+                lines = ["** ok"]
             case Error():
                 # retry_after and until are in the message already, in words
                 extra = "".join(

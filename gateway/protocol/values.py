@@ -24,6 +24,7 @@ __all__ = [
     "say_duration",
     "valid_cid",
     "valid_name",
+    "valid_token",
 ]
 
 MAX_RID_CHARS: Final = 64
@@ -126,3 +127,11 @@ def say_duration(seconds: float) -> str:
     if hours:
         return f"{hours} h {minutes} min" if minutes else f"{hours} h"
     return f"{minutes} min"
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+
+def valid_token(token: str) -> bool:
+    """An invite token: URL-safe base64, as ``secrets.token_urlsafe`` makes them."""
+    return _TOKEN.fullmatch(token) is not None

@@ -8,6 +8,7 @@
     cursors.py   each user's conversations and delivered-up-to cursors
     presence.py  gateways alive and who is on each
     moderation.py  the public-chat rate limit, reports, bans
+    rooms.py     rooms, members, join requests, invite links
 
 ``Store`` holds one of each and the conversions between a conversation's id and
 its name from a reader's side. The store knows nothing about sockets or
@@ -17,10 +18,13 @@ sessions; Redis being unreachable leaves it as ``gateway.errors.Unavailable``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from time import monotonic
+from typing import Final
 
 from redis.asyncio import Redis
 
 from gateway.errors import ClientError, Unavailable
+from gateway.protocol.events import Quote
 from gateway.store.accounts import Account, Accounts, LoginLimits, hash_password, verify_password
 from gateway.store.cursors import Cursors
 from gateway.store.keys import GENERAL, Keys, dm_conversation, is_room
@@ -28,6 +32,7 @@ from gateway.store.messages import Messages, SendResult, entry_to_message
 from gateway.store.moderation import Moderation, ModerationLimits
 from gateway.store.presence import Presence
 from gateway.store.redis import REDIS_DOWN, Scripts, boundary, make_redis
+from gateway.store.rooms import Rooms
 from gateway.store.time import now_ms
 
 __all__ = [
@@ -47,6 +52,9 @@ __all__ = [
     "now_ms",
     "verify_password",
 ]
+
+
+PRIVACY_CACHE_S: Final = 5.0
 
 
 @boundary
@@ -76,6 +84,8 @@ class Store:
         )
         self.cursors = Cursors(redis, keys, self.scripts, message_ttl_s)
         self.presence = Presence(redis, keys)
+        self.rooms = Rooms(redis, keys, self.scripts)
+        self._private: dict[str, tuple[bool, float]] = {}  # room -> (private, when looked up)
         # The gateway and the worker pass their settings; a bare Store has no rate limit.
         limits = moderation or ModerationLimits(rate_limit=0, idempotency_ttl_s=idempotency_ttl_s)
         self.moderation = Moderation(redis, keys, self.scripts, limits)
@@ -89,13 +99,49 @@ class Store:
     async def resolve(self, me: str, target: str) -> tuple[str, str]:
         """(conversation id, name as ``me`` sees it) for '#room' or a user name."""
         if is_room(target):
-            if target != GENERAL:
-                raise ClientError("not_found", f"no room {target}")
-            return GENERAL, GENERAL
+            room = target.lower()
+            if room != GENERAL and await self._room_private(room) is None:
+                raise ClientError("not_found", f"no room {room}")
+            return room, room
         name = await self.accounts.display_name(target)
         if name is None:
             raise ClientError("unknown_user", f"no user named {target}")
         return dm_conversation(me, name), name
+
+    async def conversations(self, me: str) -> list[str]:
+        """Every conversation ``me`` reads: #general, their rooms, their direct ones."""
+        general, *direct = await self.cursors.conversations(me)
+        return [general, *await self.rooms.of_user(me), *direct]
+
+    async def check_readable(self, me: str, conversation: str) -> None:
+        """A private room's history and members are for its members only."""
+        if not is_room(conversation) or conversation == GENERAL:
+            return
+        if await self._room_private(conversation) and not await self.rooms.is_member(
+            conversation, me
+        ):
+            raise ClientError("forbidden", f"{conversation} is private: members only")
+
+    def forget_room(self, room: str) -> None:
+        """The room closed: the next look-up asks Redis (other gateways' look-ups may
+        take up to ``PRIVACY_CACHE_S`` to notice, and answer ``forbidden`` meanwhile)."""
+        self._private.pop(room, None)
+
+    async def _room_private(self, room: str) -> bool | None:
+        """Whether a room is private (None: no such room). A room's privacy never
+        changes while it exists, so it is kept a few seconds (a closed room's name
+        may be taken again)."""
+        cached = self._private.get(room)
+        if cached is not None and monotonic() - cached[1] < PRIVACY_CACHE_S:
+            return cached[0]
+        info = await self.rooms.info(room)
+        if info is None:
+            self._private.pop(room, None)
+            return None
+        if len(self._private) >= 10_000:
+            self._private.clear()
+        self._private[room] = (info.private, monotonic())
+        return info.private
 
     async def reader_names(self, me: str, conversations: Sequence[str]) -> list[str]:
         """Each conversation's name from ``me``'s side: '#room' or the other user
@@ -124,7 +170,11 @@ class Store:
         A banned sender is refused first, and a message to a public room takes one
         from the sender's quota (given back if the message is then refused).
         """
-        taken = await self.moderation.admit(sender, counts=is_public(conversation), cid=cid)
+        room = is_room(conversation) and conversation != GENERAL
+        public = conversation == GENERAL
+        if room:
+            public = await self._room_private(conversation) is False
+        taken = await self.moderation.admit(sender, counts=public, cid=cid)
         try:
             return await self._send(sender, conversation, to, text, cid=cid, reply_to=reply_to)
         except (ClientError, Unavailable):
@@ -143,6 +193,15 @@ class Store:
         reply_to: str | None,
     ) -> SendResult:
         k = self.keys
+        room = is_room(conversation) and conversation != GENERAL
+        quote = None
+        if reply_to is not None:
+            if room and not await self.rooms.is_member(conversation, sender):
+                raise ClientError("forbidden", f"you are not a member of {conversation}")
+            parent = await self.messages.read_one(conversation, reply_to)
+            if parent is None:
+                raise ClientError("not_found", f"no message {reply_to} in {to}")
+            quote = Quote.of(parent.from_, parent.text)
         if is_room(conversation):
             channels, lists = [k.room_channel(conversation)], None
         else:
@@ -152,13 +211,8 @@ class Store:
             lists = (k.conversations(sender), k.conversations(to))
         return await self.messages.send(
             sender, conversation, to, text, channels=channels, cid=cid, reply_to=reply_to,
-            lists=lists,
+            lists=lists, member=sender if room else None, quote=quote,
         )  # fmt: skip
-
-
-def is_public(conversation: str) -> bool:
-    """Messages to public rooms count against the rate limit (#general for now)."""
-    return conversation == GENERAL
 
 
 def _other(me: str, conversation: str) -> str | None:

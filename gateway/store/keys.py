@@ -88,9 +88,31 @@ class Keys:
         ``ban`` key is the truth. The worker drops ended bans and logs them."""
         return f"{self.prefix}:bans"
 
+    def user_rooms(self, user: str) -> str:
+        """Set: the rooms (``#name``) the user is a member of, besides #general. The
+        room's ``members`` is the truth; this is the user's side, for logins."""
+        return f"{self.prefix}:{{u:{user.lower()}}}:rooms"
+
     def user_channel(self, user: str) -> str:
         """Pub/sub channel for events addressed to one user (direct messages)."""
         return f"{self.prefix}:{{u:{user.lower()}}}:events"
+
+    # -- scheduled messages ------------------------------------------------------
+    def schedules(self, user: str) -> str:
+        """Hash: sid -> the scheduled message as JSON, until it is sent or cancelled."""
+        return f"{self.prefix}:{{u:{user.lower()}}}:sched"
+
+    def schedule_leases(self, user: str) -> str:
+        """Hash: sid -> "<lease end ms> <tries> <worker>" once a worker claimed it; a
+        claimed message is committed to being sent (a cancel no longer wins)."""
+        return f"{self.prefix}:{{u:{user.lower()}}}:sched:lease"
+
+    @property
+    def schedule_due(self) -> str:
+        """Sorted set: "<user>:<sid>" -> when to look at it (ms): its due time, then the
+        end of its lease once claimed. An index in a slot of its own, always written
+        in a command of its own; the user's ``schedules`` hash is the truth."""
+        return f"{self.prefix}:sched:due"
 
     # -- conversations -------------------------------------------------------
     def stream(self, conversation: str) -> str:
@@ -108,6 +130,40 @@ class Keys:
     def room_channel(self, conversation: str) -> str:
         """Pub/sub channel of a room: every message appended to it."""
         return f"{self.prefix}:{{c:{conversation}}}:events"
+
+    def replies(self, conversation: str) -> str:
+        """Hash: message id -> how many replies it has (threads); expires with the messages."""
+        return f"{self.prefix}:{{c:{conversation}}}:replies"
+
+    def thread(self, conversation: str, message_id: str) -> str:
+        """List: the ids of the replies to one message, oldest first."""
+        return f"{self.prefix}:{{c:{conversation}}}:re:{message_id}"
+
+    # -- rooms -------------------------------------------------------------------
+    def room(self, room: str) -> str:
+        """Hash: owner (lower case), private ("1"/"0"), created (ms). ``room`` is ``#name``."""
+        return f"{self.prefix}:{{c:{room}}}:room"
+
+    def members(self, room: str) -> str:
+        """Sorted set: member (lower case) -> when they joined (ms)."""
+        return f"{self.prefix}:{{c:{room}}}:members"
+
+    def pending(self, room: str) -> str:
+        """Sorted set: user (lower case) waiting for the owner's approval -> since (ms)."""
+        return f"{self.prefix}:{{c:{room}}}:pending"
+
+    def room_link(self, room: str) -> str:
+        """String: the room's current invite token (a new link replaces it)."""
+        return f"{self.prefix}:{{c:{room}}}:link"
+
+    def link(self, token: str) -> str:
+        """String: invite token -> room; expires with the link."""
+        return f"{self.prefix}:link:{token}"
+
+    @property
+    def public_rooms(self) -> str:
+        """Set: the public rooms, for ``rooms`` listings."""
+        return f"{self.prefix}:rooms:public"
 
     # -- gateways and presence -------------------------------------------------
     @property

@@ -14,6 +14,7 @@ simply does not look at its result).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from gateway.errors import ClientError, Unavailable
-from gateway.protocol.events import Message, message_json_tail
+from gateway.protocol.events import Message, Quote, message_json_tail
 from gateway.protocol.values import MAX_STREAM_ID, format_stream_id, parse_stream_id
 from gateway.store.keys import Keys
 from gateway.store.redis import REDIS_DOWN, Scripts, boundary
@@ -47,16 +48,24 @@ def _entries(raw: Any) -> Entries:
     return cast(Entries, raw or [])
 
 
-def entry_to_message(entry: tuple[str, Mapping[str, str]], replay: bool = False) -> Message:
+def entry_to_message(
+    entry: tuple[str, Mapping[str, str]], replay: bool = False, replies: int = 0
+) -> Message:
     sid, fields = entry
+    reply_to = fields.get("reply_to") or None
+    quote = None
+    if reply_to and "re_from" in fields:
+        quote = Quote(fields["re_from"], fields.get("re_text", ""))
     return Message(
         id=sid,
         from_=fields.get("from", "?"),
         to=fields.get("to", "?"),
         text=fields.get("text", ""),
         ts=int(sid.partition("-")[0]),
-        reply_to=fields.get("reply_to") or None,
+        reply_to=reply_to,
         replay=replay,
+        quote=quote,
+        replies=replies,
     )
 
 
@@ -73,7 +82,7 @@ class SendResult:
 
 @dataclass(slots=True)
 class _PendingSend:
-    keys: tuple[str, str, str]
+    keys: tuple[str, str, str, str, str, str]
     args: list[Any]
     log_key: str
     log_fields: dict[str, str]
@@ -145,11 +154,15 @@ class Messages:
         cid: str | None = None,
         reply_to: str | None = None,
         lists: tuple[str, str] | None = None,
+        member: str | None = None,
+        quote: Quote | None = None,
     ) -> SendResult:
         """Store a message and publish it on ``channels``, in one atomic step; then log it.
 
         ``sender`` and ``to`` are display names (``to`` is ``#room`` for rooms).
         ``lists`` are the two users' conversation lists for a direct conversation.
+        ``member``: the step refuses the send unless this name is in the room's members.
+        ``quote``: the start of the ``reply_to`` message, kept with the reply.
         """
         k = self.keys
         stream = k.stream(conversation)
@@ -162,7 +175,11 @@ class Messages:
             "1" if cid else "0",
             self.min_id() if self.message_ttl_s else "",
             self.history_max_len,
-            message_json_tail(sender, to, text, reply_to),
+            message_json_tail(sender, to, text, reply_to, quote),
+            (member or "").lower(),
+            self.message_ttl_s * 1000,
+            quote.from_ if quote else "",
+            quote.text if quote else "",
             *channels,
         ]
         log_fields = {"id": "", "to": to, "text": text}
@@ -176,6 +193,9 @@ class Messages:
                 stream,
                 k.sent(conversation, sender, cid) if cid else stream,
                 k.seq(conversation),
+                k.members(conversation) if member else stream,
+                k.replies(conversation),
+                k.thread(conversation, reply_to) if reply_to else stream,
             ),
             args=args,
             log_key=k.log(sender),
@@ -190,6 +210,8 @@ class Messages:
         status, sid = await pending.future
         if status == -1:
             raise ClientError("not_found", f"no message {reply_to} in {to}")
+        if status == -2:
+            raise ClientError("forbidden", f"you are not a member of {to}")
         return SendResult(sid, duplicate=status == 0)
 
     def _due_touch(self, conversation: str) -> bool:
@@ -336,6 +358,46 @@ class Messages:
             )
         )
         return [entry_to_message(e, replay=True) for e in reversed(entries)]
+
+    async def read_one(self, conversation: str, message_id: str) -> Message | None:
+        """One live message of the conversation, with its reply count (None: no such)."""
+        entries = _entries(
+            await self.redis.xrange(self.keys.stream(conversation), message_id, message_id)
+        )
+        if not entries or parse_stream_id(message_id) < parse_stream_id(self.min_id()):
+            return None
+        (counted,) = await self.with_replies(conversation, [entry_to_message(entries[0])])
+        return counted
+
+    async def with_replies(self, conversation: str, messages: list[Message]) -> list[Message]:
+        """The messages with their reply counts (one read for the whole page)."""
+        if not messages:
+            return messages
+        counts = await self.redis.hmget(self.keys.replies(conversation), [m.id for m in messages])
+        return [
+            dataclasses.replace(m, replies=int(n)) if n else m
+            for m, n in zip(messages, counts, strict=True)
+        ]
+
+    async def thread(self, conversation: str, message_id: str, limit: int) -> list[Message]:
+        """The first ``limit`` (at most a page) live replies to a message, oldest first."""
+        ids = await self.redis.lrange(
+            self.keys.thread(conversation, message_id), 0, min(limit, PAGE) - 1
+        )
+        if not ids:
+            return []
+        stream = self.keys.stream(conversation)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in ids:
+                pipe.xrange(stream, sid, sid)
+            found: list[Any] = await pipe.execute()
+        floor = parse_stream_id(self.min_id())
+        replies = [
+            entry_to_message(entries[0])
+            for entries in found
+            if entries and parse_stream_id(entries[0][0]) >= floor
+        ]
+        return await self.with_replies(conversation, replies)
 
     async def start_of_last(self, conversation: str, count: int) -> str | None:
         """The id just before the last ``count`` live messages (None: from the start),

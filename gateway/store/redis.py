@@ -119,6 +119,12 @@ class Scripts:
         "gate",
         "refund",
         "report",
+        "schedule_add",
+        "schedule_cancel",
+        "schedule_claim",
+        "schedule_done",
+        "room_create",
+        "room_member",
     )
 
     def __init__(self, redis: Redis) -> None:

@@ -12,7 +12,6 @@ from gateway.errors import ClientError
 from gateway.protocol import Quota, Reported, ReportWarning, StatusResult, TextCodec
 from gateway.protocol.values import say_duration
 from gateway.store import GENERAL, Keys, ModerationLimits, Store, now_ms
-from tests.unit.test_store import redis  # noqa: F401 - the fixture, on both Redis kinds
 
 Redis = fakeredis.FakeAsyncRedis
 

@@ -1,13 +1,19 @@
--- One message, one atomic step on one conversation's keys: dedupe by client id,
--- check the replied-to message, number it, append, trim, remember the client id,
--- publish. Returns {1, id} stored, {0, id} a retry of a stored message,
--- {-1, ''} no such reply_to.
+-- One message, one atomic step on one conversation's keys: check the sender may
+-- write here (a room's member), dedupe by client id, check the replied-to message,
+-- number it, append, trim, count it in its thread, remember the client id, publish.
+-- Returns {1, id} stored, {0, id} a retry of a stored message, {-1, ''} no such
+-- reply_to, {-2, ''} not a member of the room.
 local stream, cid_key, seq_key = KEYS[1], KEYS[2], KEYS[3]
+local members_key, replies_key, thread_key = KEYS[4], KEYS[5], KEYS[6]
 local from, to, text, reply_to = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local cid_ttl_s, has_cid = ARGV[5], ARGV[6] == '1'
 local min_id, max_len, json_tail = ARGV[7], ARGV[8], ARGV[9]
-local first_channel = 10
+local member, ttl_ms, re_from, re_text = ARGV[10], tonumber(ARGV[11]), ARGV[12], ARGV[13]
+local first_channel = 14
 
+if member ~= '' and not redis.call('ZSCORE', members_key, member) then
+  return {-2, ''}
+end
 if has_cid then
   local seen = redis.call('GET', cid_key)
   if seen then return {0, seen} end
@@ -19,8 +25,16 @@ end
 local n = redis.call('INCR', seq_key)
 local id
 if reply_to ~= '' then
-  id = redis.call('XADD', stream, 'MAXLEN', '~', max_len, '*',
-    'from', from, 'to', to, 'text', text, 'n', n, 'reply_to', reply_to)
+  id = redis.call('XADD', stream, 'MAXLEN', '~', max_len, '*', 'from', from, 'to', to,
+    'text', text, 'n', n, 'reply_to', reply_to, 're_from', re_from, 're_text', re_text)
+  -- Threads: a count per message and the list of its replies, beside the stream
+  -- (never rewritten); they live as long as the messages do.
+  redis.call('HINCRBY', replies_key, reply_to, 1)
+  redis.call('RPUSH', thread_key, id)
+  if ttl_ms > 0 then
+    redis.call('PEXPIRE', replies_key, ttl_ms)
+    redis.call('PEXPIRE', thread_key, ttl_ms)
+  end
 else
   id = redis.call('XADD', stream, 'MAXLEN', '~', max_len, '*',
     'from', from, 'to', to, 'text', text, 'n', n)
