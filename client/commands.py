@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from gateway.protocol.ops import (
+    GENERAL,
     OPS,
     Command,
     Reject,
@@ -49,15 +50,18 @@ def parse(
     line: str,
     resolve: Callable[[int], tuple[str, str] | None] = lambda n: None,
     max_text_chars: int = 4000,
+    room: str = GENERAL,
 ) -> Command | Invalid | None:
     """One input line -> a command; None for a blank line (nothing to do).
 
-    ``resolve`` maps a number shown on screen ([12]) to (conversation, message id).
+    ``resolve`` maps a number shown on screen ([12]) to (conversation, message id);
+    plain lines go to ``room``.
     """
     line = line.rstrip("\r\n")
     if not line.strip():
         return None
     try:
-        return parse_text_line(line, TextContext(max_text_chars, resolve=resolve), console=True)
+        ctx = TextContext(max_text_chars, room=room, resolve=resolve)
+        return parse_text_line(line, ctx, console=True)
     except Reject as exc:
         return Invalid(exc.message, exc.code)

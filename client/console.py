@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,7 +52,8 @@ from client.render import (
     welcome_line,
 )
 from client.resilient import Backoff, LinkState, LinkStatus, ResilientClient
-from gateway.protocol import dumps
+from gateway.protocol import GENERAL, dumps, printable
+from gateway.protocol.events import room_event_from_dict, schedule_event_from_dict
 from gateway.protocol.ops import (
     Command,
     Help,
@@ -59,8 +61,10 @@ from gateway.protocol.ops import (
     Ping,
     Quit,
     Send,
+    Switch,
     request_of,
 )
+from gateway.protocol.textlines import ScheduleEcho, room_lines, schedule_lines
 
 __all__ = ["Chat", "ChatCompleter", "Console", "Options", "render_event", "run_script"]
 
@@ -121,10 +125,31 @@ def render_event(ev: Mapping[str, Any], me: str, ids: ShortIds) -> list[Fragment
         if ev.get("cid"):
             line.append(("class:error", f" (your message to {ev.get('to', '?')} was not sent)"))
         return [line]
+    scheduled = schedule_event_from_dict(ev)
+    if scheduled is not None:
+        now = time.time() * 1000
+        return [
+            [("class:error" if line.startswith("!!") else "class:info", printable(line))]
+            for line in schedule_lines(scheduled, now)
+        ]
     if kind == "notice":
         return [info_line(text) for text in str(ev.get("text", "")).splitlines() or [""]]
-    if kind == "link":
+    if kind == "connection":
         return [info_line(str(ev.get("text", "")), "class:link")]
+    if kind == "thread":
+        replies = list(ev.get("replies") or [])
+        head = f"thread in {ev.get('with', '?')}: the message and {len(replies)} repl" + (
+            "y" if len(replies) == 1 else "ies"
+        )
+        top = ev.get("message")
+        shown = [top] if isinstance(top, Mapping) else []
+        return [info_line(head), *(message_line(m, me, ids) for m in [*shown, *replies])]
+    room_event = room_event_from_dict(ev)
+    if room_event is not None:
+        style = "class:link" if kind == "join_request" else "class:info"
+        return [[(style, printable(line))] for line in room_lines(room_event)]  # type: ignore[arg-type]
+    if kind == "ok":
+        return [info_line("ok")]
     return []
 
 
@@ -141,7 +166,10 @@ class Chat:
         self._sink = output
         self.ids = ShortIds()
         self.online: set[str] = set()
+        self.room = GENERAL  # where plain lines go (/switch)
+        self.rooms: set[str] = set()  # rooms the user is in, for completion
         self.request_timeout_s = request_timeout_s
+        self.echo = ScheduleEcho()  # a schedule's answer and its push: shown once
 
     def output(self, ev: dict[str, Any]) -> None:
         # Number messages here, not when drawing, so /reply works in every mode.
@@ -152,8 +180,19 @@ class Chat:
                 self.online.add(sender)
         for m in ev.get("messages") or () if ev.get("type") in ("history", "log") else ():
             self._number(m)
-        if ev.get("type") == "status":
+        kind = ev.get("type")
+        if kind in ("scheduled", "cancelled") and not self.echo.first(kind, str(ev.get("sid"))):
+            return
+        if kind == "status":
             self.online = {str(n) for n in ev.get("online") or ()}
+        elif kind == "joined":
+            self.rooms.add(str(ev.get("room")))
+        elif kind == "left":
+            self.rooms.discard(str(ev.get("room")))
+            if self.room == ev.get("room"):
+                self.room = GENERAL
+        elif kind == "rooms":
+            self.rooms = {str(r.get("room")) for r in ev.get("rooms") or () if r.get("member")}
         self._sink(ev)
 
     def _number(self, m: Mapping[str, Any]) -> None:
@@ -168,10 +207,10 @@ class Chat:
     def send(self, to: str, text: str, reply_to: str | None = None) -> None:
         self.client.send(to, text, reply_to)
         if not self.client.connected:
-            self.output({"type": "link", "text": "not connected: sending after reconnecting"})
+            self.output({"type": "connection", "text": "not connected: sending after reconnecting"})
 
     def parse(self, line: str) -> Command | Invalid | None:
-        return parse(line, self.ids.target)
+        return parse(line, self.ids.target, room=self.room)
 
     async def execute(self, cmd: Command | Invalid) -> bool:
         """Run one command; False when it asks to quit."""
@@ -186,9 +225,20 @@ class Chat:
                 self.local_error(cmd.code, cmd.message)
             case Login() | Ping():
                 self.local_error("bad_request", "not available in the console")
+            case Switch():
+                self.switch(cmd.to)
             case _:  # every other op is a request with one reply
                 await self._request(cmd)
         return True
+
+    def switch(self, to: str) -> None:
+        """Where plain lines go: a room the user is in, or a user (the console checks
+        what it can; the server refuses a send to a room the user is not in)."""
+        if to.startswith("#") and to != GENERAL and to not in self.rooms:
+            self.local_error("forbidden", f"you are not in {to}; /join it first")
+            return
+        self.room = to
+        self.output({"type": "notice", "text": f"your plain lines now go to {to}"})
 
     async def _request(self, cmd: Command) -> None:
         op, fields = request_of(cmd)
@@ -210,10 +260,14 @@ _TARGET_PREFIXES: Final = ("/private to ", "/msg ", "/m ", "/p ", "/history ", "
 
 
 class ChatCompleter(Completer):
-    """Commands after a leading '/', online names where a name is expected or begun."""
+    """Commands after a leading '/', rooms after '#', online names where a name is
+    expected or begun."""
 
-    def __init__(self, names: Callable[[], Iterable[str]]) -> None:
+    def __init__(
+        self, names: Callable[[], Iterable[str]], rooms: Callable[[], Iterable[str]] = set
+    ) -> None:
         self.names = names
+        self.rooms = rooms
 
     def get_completions(
         self, document: Document, complete_event: CompleteEvent
@@ -225,6 +279,11 @@ class ChatCompleter(Completer):
                     yield Completion(command, start_position=-len(text))
             return
         word = text.rsplit(" ", 1)[-1]
+        if word.startswith("#"):
+            for room in sorted({GENERAL, *self.rooms()}):
+                if room.startswith(word.lower()) and room != word:
+                    yield Completion(room + " ", start_position=-len(word))
+            return
         at_target = any(text.lower() == p for p in _TARGET_PREFIXES)
         if not word and not at_target:
             return
@@ -286,7 +345,7 @@ class Console:
     def _on_status(self, status: LinkStatus) -> None:
         self.link = status
         if status.state in (LinkState.DOWN, LinkState.WAITING, LinkState.FAILED):
-            self.show({"type": "link", "text": status.describe()})
+            self.show({"type": "connection", "text": status.describe()})
         if self.session is not None:
             self.session.app.invalidate()
 
@@ -347,7 +406,7 @@ class Console:
             input=self.input,
             output=self.out,
             history=InMemoryHistory(),
-            completer=ChatCompleter(lambda: chat.online),
+            completer=ChatCompleter(lambda: chat.online, lambda: chat.rooms),
             complete_while_typing=False,
             bottom_toolbar=self._toolbar,
             style=self.style,
@@ -358,7 +417,7 @@ class Console:
         try:
             while True:
                 try:
-                    line = await session.prompt_async(lambda: f"{client.user}> ")
+                    line = await session.prompt_async(lambda: f"{client.user} {chat.room}> ")
                 except (EOFError, KeyboardInterrupt):
                     break
                 cmd = chat.parse(line)
@@ -375,10 +434,12 @@ class Console:
         return 0
 
     async def _fill_online(self, chat: Chat) -> None:
-        """The first status only fills the completion list; it is not shown."""
+        """The first status and room list only fill completion; they are not shown."""
         with contextlib.suppress(ChatError, ConnectionClosed, TimeoutError):
             reply = await chat.client.status()
             chat.online = {str(n) for n in reply.get("online") or ()}
+            rooms = await chat.client.request("rooms", timeout=chat.request_timeout_s)
+            chat.rooms = {str(r.get("room")) for r in rooms.get("rooms") or () if r.get("member")}
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)
@@ -449,7 +510,7 @@ async def run_script(options: Options, stdin: IO[str], stdout: IO[str], stderr: 
         if status.state in (LinkState.UP, LinkState.CLOSED):
             return
         if options.json:
-            write({"type": "link", "state": status.state.value, "attempt": status.attempt,
+            write({"type": "connection", "state": status.state.value, "attempt": status.attempt,
                    "delay_s": round(status.delay_s, 3), "reason": status.reason,
                    "gateway": status.gateway})  # fmt: skip
         else:

@@ -95,7 +95,18 @@ def message_line(m: Mapping[str, Any], me: str, ids: ShortIds) -> Fragments:
     reply_to = m.get("reply_to")
     if reply_to:
         ref = ids.known(str(reply_to))
-        out.append(("class:reply", f"(re [{ref}]) " if ref else "(re an earlier message) "))
+        where = f"[{ref}] " if ref else ""
+        quote = m.get("quote")
+        if isinstance(quote, Mapping):
+            said = (
+                f'{printable(str(quote.get("from", "?")))}: "{printable(str(quote.get("text")))}"'
+            )
+            out.append(("class:reply", f"(re {where}{said}) "))
+        else:
+            out.append(("class:reply", f"(re {where.strip() or 'an earlier message'}) "))
+    replies = m.get("replies")
+    if isinstance(replies, int) and replies > 0:
+        out.append(("class:reply", f"[{replies} repl{'y' if replies == 1 else 'ies'}] "))
     out.append(("", printable(str(m.get("text", "")))))
     return out
 

@@ -15,16 +15,18 @@ import socket
 import sys
 from collections.abc import Sequence
 
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.__main__ import follow_supervisor, start_heartbeat
 from gateway.errors import ConfigError
 from gateway.logs import configure_logging
 from gateway.settings import WorkerSettings, parse_settings
-from gateway.store import Keys, make_redis
+from gateway.store import Keys, Store, make_redis
 from gateway.store.moderation import Moderation, ModerationLimits
 from gateway.store.redis import Scripts
 from worker.janitor import log_ended_bans_forever, trim_forever
+from worker.scheduler import FAULT_ENV, SEND_DEDUPE_S, Scheduler
 
 __all__ = ["main"]
 
@@ -36,7 +38,8 @@ DESCRIPTION = """\
 Run the redchat background jobs against the Redis given by --redis (required)
 until SIGTERM or Ctrl-C: every --trim-interval-s seconds, trim history past
 --message-ttl and --history-max-len, also in conversations nobody writes to any
-more; log each ban as it ends. Any number of workers may run at once. The
+more; log each ban as it ends; send scheduled messages when they are due (each
+exactly once, whichever worker claims it). Any number of workers may run at once. The
 worker never starts a Redis of its own: `redchat-gateway --with-worker` runs one
 next to the gateways."""
 
@@ -65,6 +68,8 @@ async def run(settings: WorkerSettings) -> None:
             )
         ),
     ]
+    scheduler = _scheduler(redis, keys, settings)
+    scheduling = asyncio.create_task(scheduler.run())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -73,12 +78,33 @@ async def run(settings: WorkerSettings) -> None:
     log.info("worker running (trim every %g s)", settings.trim_interval_s)
     await stop.wait()
     log.info("worker stopping")
-    if not await _cancel(jobs, STOP_TIMEOUT_S):
+    # The scheduler finishes the sends it has started (a stop flag, not a cancel).
+    scheduler.stop()
+    await asyncio.wait([scheduling], timeout=STOP_TIMEOUT_S)
+    if not await _cancel([*jobs, scheduling], STOP_TIMEOUT_S):
         log.error("jobs did not stop within %g s; exiting anyway", STOP_TIMEOUT_S)
         os._exit(1)  # whoever sent SIGTERM sees the failure
     with contextlib.suppress(TimeoutError, RedisError, OSError):
         await asyncio.wait_for(redis.aclose(), STOP_TIMEOUT_S)
     log.info("worker stopped")
+
+
+def _scheduler(redis: Redis, keys: Keys, settings: WorkerSettings) -> Scheduler:
+    # Sends here remember their client ids a day, not the gateways' 5 minutes: a
+    # worker taking over a message long after a crash still stores it once.
+    store = Store(
+        redis, keys, message_ttl_s=settings.message_ttl_s,
+        history_max_len=settings.history_max_len, idempotency_ttl_s=SEND_DEDUPE_S,
+        moderation=ModerationLimits.of(settings, SEND_DEDUPE_S),
+    )  # fmt: skip
+    return Scheduler(
+        store,
+        f"{socket.gethostname()}:{os.getpid()}",
+        poll_s=settings.schedule_poll_s,
+        lease_s=settings.schedule_lease_s,
+        max_late_s=settings.schedule_max_late_s,
+        fault=os.environ.get(FAULT_ENV),
+    )
 
 
 async def _cancel(jobs: list[asyncio.Task[None]], timeout_s: float) -> bool:

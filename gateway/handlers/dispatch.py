@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from gateway.errors import ClientError
-from gateway.handlers import chat, moderation, rooms, sync
+from gateway.handlers import chat, moderation, rooms, schedule, sync
 from gateway.handlers.context import Context
 from gateway.protocol import (
     HELP_TEXT,
@@ -35,7 +35,7 @@ from gateway.protocol import (
     Send,
     Switch,
 )
-from gateway.protocol.ops import op_of
+from gateway.protocol.ops import Cancel, GetSchedules, Schedule, op_of
 
 __all__ = ["dispatch"]
 
@@ -64,6 +64,9 @@ HANDLERS: Final[dict[type, Handler]] = {
     Ping: _ping,
     Quit: _quit,
     Report: moderation.report,
+    Schedule: schedule.schedule,
+    GetSchedules: schedule.list_schedules,
+    Cancel: schedule.cancel,
     CreateRoom: rooms.create_room,
     Invite: rooms.invite,
     MakeLink: rooms.link,

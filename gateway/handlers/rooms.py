@@ -184,7 +184,7 @@ async def rooms(ctx: Context, cmd: ListRooms) -> None:
     ctx.conn.send_event(
         RoomsResult(
             tuple(
-                RoomInfo(r.room, owner or r.owner, r.private, r.members)
+                RoomInfo(r.room, owner or r.owner, r.private, r.members, r.member)
                 for r, owner in zip(found, owners, strict=True)
             ),
             rid=cmd.rid,

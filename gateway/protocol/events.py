@@ -53,6 +53,7 @@ __all__ = [
     "message_from_dict",
     "message_json_tail",
     "pushed_from_dict",
+    "schedule_event_from_dict",
     "scheduled_from_dict",
 ]
 
@@ -181,6 +182,7 @@ class RoomInfo:
     owner: str
     private: bool
     members: int = 0
+    member: bool = False  # the asking user is in it
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,7 +475,13 @@ def event_to_dict(ev: Event) -> dict[str, Any]:
             d = {
                 "type": "rooms",
                 "rooms": [
-                    {"room": r.room, "private": r.private, "owner": r.owner, "members": r.members}
+                    {
+                        "room": r.room,
+                        "private": r.private,
+                        "owner": r.owner,
+                        "members": r.members,
+                        "member": r.member,
+                    }
                     for r in ev.rooms
                 ],
             }
@@ -532,6 +540,24 @@ def scheduled_from_dict(d: Mapping[str, Any]) -> Scheduled:
     )  # fmt: skip
 
 
+def schedule_event_from_dict(
+    d: Mapping[str, Any],
+) -> Scheduled | ScheduleList | Cancelled | ScheduleOutcome | None:
+    """A scheduled-message event as a client received it; None for any other event
+    (or a malformed one), so a client can show it in the server's own words."""
+    kind = d.get("type")
+    try:
+        if kind == "schedules":
+            return ScheduleList(tuple(scheduled_from_dict(item) for item in d.get("items") or ()))
+        if kind in ("scheduled", "cancelled") or (kind == "notice" and "sid" in d):
+            ev = pushed_from_dict(d)
+            if isinstance(ev, Scheduled | Cancelled | ScheduleOutcome):
+                return ev
+    except (KeyError, TypeError, ValueError, AttributeError):
+        pass
+    return None
+
+
 def message_from_dict(d: Mapping[str, Any], raw: bytes | None = None) -> Message:
     """A message event from its JSON object (as published by the store)."""
     reply_to = d.get("reply_to")
@@ -577,5 +603,43 @@ def pushed_from_dict(d: Mapping[str, Any]) -> Event | None:
             until = d.get("banned_until")
             return ReportWarning(
                 int(d["reports"]), int(d["threshold"]), None if until is None else int(until)
+            )
+    return None
+
+
+def room_event_from_dict(d: Mapping[str, Any]) -> Event | None:
+    """A rooms event from its JSON object, for clients (None if it is not one)."""
+    room = str(d.get("room", "?"))
+    match d.get("type"):
+        case "room":
+            return RoomResult(room, str(d.get("owner", "?")), d.get("private") is not False)
+        case "link":
+            return LinkResult(room, str(d.get("token", "")))
+        case "joined":
+            return Joined(room)
+        case "pending":
+            return Pending(room)
+        case "left":
+            return Left(room)
+        case "join_request":
+            return JoinRequest(room, str(d.get("user", "?")))
+        case "rooms":
+            return RoomsResult(
+                tuple(
+                    RoomInfo(
+                        str(r.get("room", "?")), str(r.get("owner", "?")),
+                        r.get("private") is not False, int(r.get("members") or 0),
+                        r.get("member") is True,
+                    )
+                    for r in d.get("rooms") or ()
+                    if isinstance(r, dict)
+                )
+            )  # fmt: skip
+        case "members":
+            pending = d.get("pending")
+            return MembersResult(
+                room,
+                tuple(str(m) for m in d.get("members") or ()),
+                None if pending is None else tuple(str(p) for p in pending),
             )
     return None

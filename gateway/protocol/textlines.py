@@ -50,6 +50,7 @@ __all__ = [
     "moderation_lines",
     "reply_text",
     "reported_line",
+    "room_lines",
     "schedule_lines",
     "unread_text",
     "warning_line",
@@ -205,6 +206,47 @@ class ScheduleEcho:
         return True
 
 
+def room_lines(ev: RoomEvent) -> list[str]:
+    """Rooms' events as people read them (the text framing and the console client)."""
+    match ev:
+        case RoomResult():
+            kind = "private" if ev.private else "public"
+            return [
+                f"** {ev.room} is yours ({kind}). /invite {ev.room} <user>,"
+                f" /link {ev.room} for an invite link"
+            ]
+        case LinkResult():
+            return [f"** invite link for {ev.room}: {ev.token}  (others type: /join {ev.token})"]
+        case Joined():
+            return [f"** you are in {ev.room}; /switch {ev.room} to talk there"]
+        case Pending():
+            return [f"** asked to join {ev.room}; its owner will decide"]
+        case Left():
+            return [f"** you left {ev.room}"]
+        case JoinRequest():
+            return [
+                f"** {printable(ev.user)} asks to join {ev.room}: /approve {ev.room} {ev.user}"
+                f" or /deny {ev.room} {ev.user}"
+            ]
+        case RoomsResult():
+            return [f"** rooms ({len(ev.rooms)}):"] + [
+                f"**   {r.room} ({'private' if r.private else 'public'}, owner {r.owner},"
+                f" {r.members} member{'' if r.members == 1 else 's'}"
+                f"{', you are in it' if r.member else ''})"
+                for r in ev.rooms
+            ]
+        case MembersResult():
+            lines = [f"** members of {ev.room} ({len(ev.members)}): {', '.join(ev.members)}"]
+            if ev.pending:
+                lines.append(f"** waiting for your approval: {', '.join(ev.pending)}")
+            return lines
+
+
+RoomEvent = (
+    RoomResult | LinkResult | Joined | Pending | Left | JoinRequest | RoomsResult | MembersResult
+)
+
+
 class TextCodec(Codec):
     framing = Framing.TEXT
     login_hint = "log in first: /login <name> <password>"
@@ -277,35 +319,14 @@ class TextCodec(Codec):
                 lines = [f"** thread in {ev.with_}: the message and {len(ev.replies)} repl"
                          f"{'y' if len(ev.replies) == 1 else 'ies'}"]  # fmt: skip
                 lines += [self._message_line(m) for m in (ev.message, *ev.replies)]
-            case RoomResult():
-                kind = "private" if ev.private else "public"
-                lines = [f"** {ev.room} is yours ({kind}). /invite {ev.room} <user>,"
-                         f" /link {ev.room} for an invite link"]  # fmt: skip
-            case LinkResult():
-                lines = [
-                    f"** invite link for {ev.room}: {ev.token}  (others type: /join {ev.token})"
-                ]
-            case Joined():
-                lines = [f"** you are in {ev.room}; /switch {ev.room} to talk there"]
-            case Pending():
-                lines = [f"** asked to join {ev.room}; its owner will decide"]
+            case RoomResult() | LinkResult() | Joined() | Pending() | JoinRequest():
+                lines = room_lines(ev)
+            case RoomsResult() | MembersResult():
+                lines = room_lines(ev)
             case Left():
                 if self.room == ev.room:
                     self.room = GENERAL
-                lines = [f"** you left {ev.room}"]
-            case JoinRequest():
-                lines = [f"** {ev.user} asks to join {ev.room}: /approve {ev.room} {ev.user}"
-                         f" or /deny {ev.room} {ev.user}"]  # fmt: skip
-            case RoomsResult():
-                lines = [f"** rooms ({len(ev.rooms)}):"] + [
-                    f"**   {r.room} ({'private' if r.private else 'public'}, owner {r.owner},"
-                    f" {r.members} member{'' if r.members == 1 else 's'})"
-                    for r in ev.rooms
-                ]
-            case MembersResult():
-                lines = [f"** members of {ev.room} ({len(ev.members)}): {', '.join(ev.members)}"]
-                if ev.pending:
-                    lines.append(f"** waiting for your approval: {', '.join(ev.pending)}")
+                lines = room_lines(ev)
             case Scheduled() | Cancelled():
                 if not self.echo.first(type(ev).__name__, ev.sid):
                     return b""

@@ -33,6 +33,7 @@ from gateway.store.moderation import Moderation, ModerationLimits
 from gateway.store.presence import Presence
 from gateway.store.redis import REDIS_DOWN, Scripts, boundary, make_redis
 from gateway.store.rooms import Rooms
+from gateway.store.schedules import Schedules
 from gateway.store.time import now_ms
 
 __all__ = [
@@ -89,6 +90,7 @@ class Store:
         # The gateway and the worker pass their settings; a bare Store has no rate limit.
         limits = moderation or ModerationLimits(rate_limit=0, idempotency_ttl_s=idempotency_ttl_s)
         self.moderation = Moderation(redis, keys, self.scripts, limits)
+        self.schedules = Schedules(redis, keys, self.scripts)
 
     def forget_cached(self) -> None:
         """Redis may have lost data (it restarted): look everything up again."""
@@ -209,10 +211,17 @@ class Store:
             if sender.lower() != to.lower():
                 channels.append(k.user_channel(to))
             lists = (k.conversations(sender), k.conversations(to))
-        return await self.messages.send(
-            sender, conversation, to, text, channels=channels, cid=cid, reply_to=reply_to,
-            lists=lists, member=sender if room else None, quote=quote,
-        )  # fmt: skip
+        try:
+            return await self.messages.send(
+                sender, conversation, to, text, channels=channels, cid=cid, reply_to=reply_to,
+                lists=lists, member=sender if room else None, quote=quote,
+            )  # fmt: skip
+        except ClientError as exc:
+            # Not a member: of a room that may have closed since it was looked up.
+            if exc.code == "forbidden" and await self.rooms.info(conversation) is None:
+                self.forget_room(conversation)
+                raise ClientError("not_found", f"no room {conversation}") from None
+            raise
 
 
 def _other(me: str, conversation: str) -> str | None:

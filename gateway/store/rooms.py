@@ -14,6 +14,7 @@ all their clients change together on every gateway.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ class RoomInfo:
     owner: str  # lower case
     private: bool
     members: int = 0
+    member: bool = False  # the user who asked is in it
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +102,14 @@ class Rooms:
 
     async def listing(self, user: str) -> list[RoomInfo]:
         """The user's rooms and the public ones."""
-        rooms = set(await self.of_user(user))
-        rooms |= {str(r) for r in await self.redis.smembers(self.keys.public_rooms)}
+        mine = set(await self.of_user(user))
+        rooms = mine | {str(r) for r in await self.redis.smembers(self.keys.public_rooms)}
         found = [await self.info(room) for room in sorted(rooms)]
-        return [info for info in found if info is not None]
+        return [
+            dataclasses.replace(info, member=info.room in mine)
+            for info in found
+            if info is not None
+        ]
 
     async def members(self, room: str) -> tuple[list[str], list[str]]:
         """(members, pending), lower case, in the order they came."""

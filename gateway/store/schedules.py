@@ -107,6 +107,7 @@ class ClaimStatus(Enum):
     CLAIMED = "claimed"  # this worker holds it now
     GONE = "gone"  # sent or cancelled meanwhile
     HELD = "held"  # another worker holds an unexpired lease
+    BROKEN = "broken"  # claimed, but not readable (edited by hand?): to be dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +186,7 @@ class Schedules:
             self.keys.schedule_due, "-inf", now, byscore=True, offset=0, num=limit,
             withscores=True,
         )  # fmt: skip
-        return [_due(member, score) for member, score in raw]
+        return [_due(member, score) for member, score in cast(list[tuple[str, float]], raw)]
 
     async def next_due(self) -> int | None:
         """When the soonest entry is due (ms), None when there is none."""
@@ -225,8 +226,7 @@ class Schedules:
 
     async def finish(self, claim: Claim, push: Event | None) -> bool:
         """Forget a claimed message (sent, or refused for good) and push ``push`` to
-        every client of its author. False when another worker had finished it."""
-        assert claim.job is not None
+        every client of its author. False when another worker had finished it first."""
         k, user, sid = self.keys, claim.due.user, claim.due.sid
         done = int(
             await self.scripts.call(
@@ -250,7 +250,11 @@ def _claim(entry: Due, raw: Any) -> Claim:
     status, job, tries, lease_end = raw
     match int(status):
         case 1:
-            return Claim(entry, ClaimStatus.CLAIMED, Job.from_json(job), int(tries), int(lease_end))
+            try:
+                parsed = Job.from_json(job)
+            except (ValueError, KeyError, TypeError):
+                return Claim(entry, ClaimStatus.BROKEN, None, int(tries), int(lease_end))
+            return Claim(entry, ClaimStatus.CLAIMED, parsed, int(tries), int(lease_end))
         case -1:
             return Claim(entry, ClaimStatus.HELD, None, int(tries), int(lease_end))
     return Claim(entry, ClaimStatus.GONE)

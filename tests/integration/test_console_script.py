@@ -54,7 +54,9 @@ async def test_piped_lines_are_sent_and_events_printed(
     assert any(line.endswith("[1] bob: earlier \\x1b[31m") for line in shown)
     assert any(line.endswith("] alice: hi everyone") for line in shown)
     assert any(line.endswith("] (private to bob) alice: yo") for line in shown)
-    assert any(line.endswith("] alice: (re [1]) re earlier") for line in shown)
+    assert any(
+        line.endswith('] alice: (re [1] bob: "earlier \\x1b[31m") re earlier') for line in shown
+    )
     assert any("online (2): alice, bob" in line for line in shown)
     assert "\x1b" not in out
 

@@ -99,6 +99,13 @@ async def test_invite_link_with_approval_and_denial(deployment: Deployment) -> N
     # A new link makes the old one stale.
     await owner.request("link", room="#team")
     assert (await _error(eve.request("join", token=token))).code == "not_found"
+    # eve, never a member, got none of #team's live messages.
+    await owner.send("#team", "for members")
+    await owner.send("#general", "end")
+    got = []
+    while not got or got[-1].get("text") != "end":
+        got.append(await eve.next_event(timeout=5))
+    assert [m for m in got if m.get("to") == "#team"] == []
 
 
 async def test_leaving_and_public_rooms_and_the_owner_leaving(deployment: Deployment) -> None:
@@ -108,7 +115,9 @@ async def test_leaving_and_public_rooms_and_the_owner_leaving(deployment: Deploy
     bob = await dep.login("bob")
     await bob.request("create_room", room="#pub", private=False)
     listing = await ann.request("rooms")
-    assert {"room": "#pub", "private": False, "owner": "bob", "members": 1} in listing["rooms"]
+    assert {"room": "#pub", "private": False, "owner": "bob", "members": 1, "member": False} in (
+        listing["rooms"]
+    )
     assert (await ann.request("join", room="#pub"))["type"] == "joined"
     for conn in (ann, ann2):
         assert (await _next_of(conn, "joined"))["room"] == "#pub"
@@ -129,7 +138,8 @@ async def test_leaving_and_public_rooms_and_the_owner_leaving(deployment: Deploy
     await bob.request("leave", room="#pub")
     assert "you now own #pub" in (await _next_of(ann, "notice"))["text"]
     info = [r for r in (await bob.request("rooms"))["rooms"] if r["room"] == "#pub"]
-    assert info == [{"room": "#pub", "private": False, "owner": "ann", "members": 1}]
+    assert info == [{"room": "#pub", "private": False, "owner": "ann", "members": 1,
+                     "member": False}]  # fmt: skip
     await ann.request("leave", room="#pub")
     assert all(r["room"] != "#pub" for r in (await bob.request("rooms"))["rooms"])
     assert (await _error(bob.send("#pub", "x"))).code == "not_found"

@@ -11,7 +11,17 @@ from client.commands import Invalid, parse
 from client.console import ChatCompleter, render_event
 from client.render import ShortIds, message_line, name_class, plain
 from client.resilient import Backoff, SeenTracker
-from gateway.protocol.ops import GetHistory, GetLog, GetStatus, Help, Quit, Send
+from gateway.protocol.ops import (
+    CreateRoom,
+    GetHistory,
+    GetLog,
+    GetStatus,
+    Help,
+    Join,
+    Quit,
+    Send,
+    Switch,
+)
 
 
 @pytest.mark.parametrize(
@@ -136,3 +146,31 @@ def test_completion_of_commands_and_names() -> None:
     assert completions("/msg b", names) == ["/msg Barbara ", "/msg bob "]
     assert completions("hi @ca", names) == ["hi @carol "]
     assert completions("hi ", names) == []
+
+
+def test_rooms_in_the_console_parse_render_and_complete() -> None:
+    assert parse("hello", room="#den") == Send("#den", "hello")
+    assert parse("/switch #Den") == Switch("#den")
+    assert parse("/join AbCdEfGhIjKlMnOpQrSt") == Join(token="AbCdEfGhIjKlMnOpQrSt")
+    assert parse("/room create #x public") == CreateRoom("#x", private=False)
+    ids = ShortIds()
+    request = render_event({"type": "join_request", "room": "#den", "user": "joe"}, "own", ids)
+    assert "/approve #den joe" in plain(request[0])
+    rooms = render_event(
+        {"type": "rooms", "rooms": [{"room": "#den", "private": True, "owner": "own",
+                                     "members": 2, "member": True}]}, "own", ids,
+    )  # fmt: skip
+    assert "#den (private, owner own, 2 members, you are in it)" in plain(rooms[1])
+    reply = {"type": "message", "id": "2-0", "ts": 2, "from": "joe", "to": "#den", "text": "b",
+             "reply_to": "1-0", "quote": {"from": "own", "text": "a"}}  # fmt: skip
+    thread = render_event(
+        {"type": "thread", "with": "#den", "replies": [reply],
+         "message": {"type": "message", "id": "1-0", "ts": 1, "from": "own", "to": "#den",
+                     "text": "a", "replies": 1}}, "own", ids,
+    )  # fmt: skip
+    assert "the message and 1 reply" in plain(thread[0])
+    assert plain(thread[1]).endswith("#den own: [1 reply] a")
+    assert plain(thread[2]).endswith('#den joe: (re [1] own: "a") b')
+    completer = ChatCompleter(lambda: ["joe"], lambda: {"#den", "#dev"})
+    got = [c.text for c in completer.get_completions(Document("/switch #de"), CompleteEvent())]
+    assert got == ["#den ", "#dev "]
