@@ -82,7 +82,6 @@ async def _user(ctx: Context, name: str) -> str:
 async def create_room(ctx: Context, cmd: CreateRoom) -> None:
     info = await ctx.store.rooms.create(cmd.room, ctx.user, cmd.private)
     ctx.conn.send_event(RoomResult(info.room, ctx.user, info.private, rid=cmd.rid))
-    await ctx.store.rooms.tell(ctx.user, {"type": "joined", "room": info.room})
     log.info("room created room=%s owner=%s private=%s", info.room, ctx.user, info.private)
 
 
@@ -92,7 +91,6 @@ async def invite(ctx: Context, cmd: Invite) -> None:
     change = await ctx.store.rooms.change("invite", cmd.room, ctx.user, user)
     _refused(change, cmd.room, f"only the owner of {cmd.room} can invite")
     if change.status == "joined":
-        await ctx.store.rooms.tell(user, {"type": "joined", "room": cmd.room})
         log.info("room invite room=%s user=%s by=%s", cmd.room, user, ctx.user)
     ctx.conn.send_event(Ok(rid=cmd.rid))
 
@@ -118,8 +116,6 @@ async def join(ctx: Context, cmd: Join) -> None:
         change = await rooms.change("request", room, ctx.user, ctx.user)
         _refused(change, room, "")
         if change.status == "pending":
-            await rooms.tell(change.detail, {"type": "join_request", "room": room,
-                                             "user": ctx.user})  # fmt: skip
             ctx.conn.send_event(Pending(room, rid=cmd.rid))
             log.info("room request room=%s user=%s", room, ctx.user)
             return
@@ -130,7 +126,6 @@ async def join(ctx: Context, cmd: Join) -> None:
         change = await rooms.change("public", room, ctx.user, ctx.user)
         _refused(change, room, f"{room} is private: ask its owner for an invite link")
         if change.status == "joined":
-            await rooms.tell(ctx.user, {"type": "joined", "room": room})
             log.info("room join room=%s user=%s", room, ctx.user)
     ctx.conn.send_event(Joined(room, rid=cmd.rid))
 
@@ -151,11 +146,6 @@ async def _decide(ctx: Context, mode: str, room: str, name: str, rid: Rid) -> No
     _refused(change, room, f"only the owner of {room} can {mode} requests")
     if change.status == "not_pending":
         raise ClientError("not_found", f"{user} has not asked to join {room}")
-    if change.status == "joined":
-        await rooms.tell(user, {"type": "joined", "room": room})
-    elif change.status == "denied":
-        text = f"your request to join {room} was turned down"
-        await rooms.tell(user, {"type": "notice", "text": text})
     ctx.conn.send_event(Ok(rid=rid))
     log.info("room %s room=%s user=%s by=%s -> %s", mode, room, user, ctx.user, change.status)
 
@@ -169,10 +159,6 @@ async def leave(ctx: Context, cmd: Leave) -> None:
         raise ClientError("not_found", f"you are not in {cmd.room}")
     if change.status == "closed":
         ctx.store.forget_room(cmd.room)
-    if change.status == "handed":
-        await rooms.tell(change.detail, {"type": "notice",
-                                         "text": f"you now own {cmd.room}"})  # fmt: skip
-    await rooms.tell(ctx.user, {"type": "left", "room": cmd.room})
     ctx.conn.send_event(Left(cmd.room, rid=cmd.rid))
     log.info("room leave room=%s user=%s -> %s %s", cmd.room, ctx.user, change.status,
              change.detail)  # fmt: skip

@@ -35,6 +35,7 @@ from gateway.net.pubsub import Subscriber, SubscriberClosed
 from gateway.protocol import (
     Error,
     Message,
+    ReportWarning,
     format_stream_id,
     message_from_dict,
     pushed_from_dict,
@@ -299,13 +300,14 @@ class Hub:
         for session in list(route.sessions):
             session.deliver(conversation, msg)
 
-    @staticmethod
-    def _push(route: Route, obj: dict[str, object]) -> None:
+    def _push(self, route: Route, obj: dict[str, object]) -> None:
         """An event for a user that is not a message: to each of their local sessions."""
         ev = pushed_from_dict(obj) if route.user is not None else None
         if ev is None:
             log.warning("dropped an unknown event %r", str(obj.get("type"))[:40])
             return
+        if isinstance(ev, ReportWarning) and ev.banned_until is not None and route.user:
+            self.store.moderation.forget(route.user)  # refused from the next send on
         for session in list(route.sessions):
             session.push(ev)
 

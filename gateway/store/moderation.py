@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from time import monotonic
+from typing import TYPE_CHECKING, Final, cast
 
 from redis.asyncio import Redis
 
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from gateway.settings import StoreSettings
 
 log = logging.getLogger("redchat.moderation")
+
+CLEAR_FOR_S: Final = 0.5  # how long "not banned" is trusted without asking Redis
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +105,19 @@ class Moderation:
         self.scripts = scripts
         self.limits = limits
         self._gate = ScriptBatch(scripts, "gate")
+        # user -> until when (monotonic) they are known not to be banned: a send that
+        # does not count against the quota skips Redis meanwhile. Short enough that a
+        # ban (or a ban set by hand) holds on every gateway within a second.
+        self._clear: dict[str, float] = {}
 
     # -- before and after a send ---------------------------------------------------
     async def admit(self, user: str, *, counts: bool, cid: str | None) -> bool:
         """Refuse a banned user, or one over the rate limit (when the send ``counts``).
         Returns whether the send took one from the quota (to give back if it fails)."""
         k, lim = self.keys, self.limits
+        counting = counts and lim.rate_limit > 0
+        if not counting and self._clear.get(user.lower(), 0.0) > monotonic():
+            return False
         now = now_ms()
         status, value = await self._gate.call(
             (k.ban(user), k.quota(user), k.quota_cid(user, cid or "")),
@@ -120,6 +130,10 @@ class Moderation:
             ),
         )
         status, value = int(status), int(value)
+        if status >= 0:
+            if len(self._clear) >= 100_000:
+                self._clear.clear()
+            self._clear[user.lower()] = monotonic() + CLEAR_FOR_S
         if status == -1:
             raise banned_error(value, now)
         if status == -2:
@@ -131,6 +145,10 @@ class Moderation:
                 retry_after=retry_after,
             )
         return status == 1
+
+    def forget(self, user: str) -> None:
+        """The user was just banned (a ``warning`` said so): ask Redis next time."""
+        self._clear.pop(user.lower(), None)
 
     async def refund(self, user: str, cid: str | None) -> None:
         """Give back what ``admit`` took for a send that was not stored (best effort)."""
@@ -161,6 +179,8 @@ class Moderation:
         )
         counted, reports, until = bool(counted), int(reports), int(until)
         banned_now = counted and until > 0
+        if banned_now:
+            self.forget(user)
         if banned_now:
             await self.redis.zadd(k.bans, {user.lower(): until})
         return ReportResult(

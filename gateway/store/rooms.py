@@ -14,6 +14,7 @@ all their clients change together on every gateway.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import secrets
@@ -21,14 +22,17 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from gateway.errors import ClientError
 from gateway.store.keys import GENERAL, Keys
 from gateway.store.redis import Scripts, boundary
 from gateway.store.time import now_ms
 
-__all__ = ["LINK_TTL_S", "MemberChange", "RoomInfo", "Rooms"]
+__all__ = ["LINK_TTL_S", "MAX_ROOMS_PER_USER", "MemberChange", "RoomInfo", "Rooms"]
 
+MAX_ROOMS_PER_USER: Final = 100
+MAX_LISTED: Final = 1000  # members (and requests) listed by ``members``
 LINK_TTL_S: Final = 7 * 86_400  # an invite link works a week, or until a new one is made
 _TOKEN_BYTES: Final = 18
 
@@ -60,6 +64,7 @@ class Rooms:
         k = self.keys
         if room == GENERAL:
             raise ClientError("exists", "#general is everyone's room")
+        await self._check_room_count(owner)
         created = await self.scripts.call(
             "room_create",
             (k.room(room), k.members(room)),
@@ -67,10 +72,18 @@ class Rooms:
         )
         if not created:
             raise ClientError("exists", f"{room} is taken")
-        await self.redis.sadd(k.user_rooms(owner), room)
         if not private:
             await self.redis.sadd(k.public_rooms, room)
+        await asyncio.shield(self._follow_up(MemberChange("joined", ""), room, owner))
         return RoomInfo(room, owner.lower(), private, 1)
+
+    async def _check_room_count(self, user: str) -> None:
+        """A user is in at most ``MAX_ROOMS_PER_USER`` rooms (each costs every login
+        a subscription and a read), so rooms cannot be made or joined without end."""
+        if await self.redis.scard(self.keys.user_rooms(user)) >= MAX_ROOMS_PER_USER:
+            raise ClientError(
+                "forbidden", f"{user} is in {MAX_ROOMS_PER_USER} rooms already; leave one first"
+            )
 
     async def info(self, room: str) -> RoomInfo | None:
         k = self.keys
@@ -112,11 +125,12 @@ class Rooms:
         ]
 
     async def members(self, room: str) -> tuple[list[str], list[str]]:
-        """(members, pending), lower case, in the order they came."""
+        """(members, pending), lower case, in the order they came; the first
+        ``MAX_LISTED`` of each."""
         k = self.keys
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrange(k.members(room), 0, -1)
-            pipe.zrange(k.pending(room), 0, -1)
+            pipe.zrange(k.members(room), 0, MAX_LISTED - 1)
+            pipe.zrange(k.pending(room), 0, MAX_LISTED - 1)
             members, pending = await pipe.execute()
         return [str(m) for m in members], [str(p) for p in pending]
 
@@ -139,8 +153,13 @@ class Rooms:
 
     # -- members ------------------------------------------------------------------
     async def change(self, mode: str, room: str, actor: str, user: str) -> MemberChange:
-        """One change to the room's members (see room_member.lua), then the user's side."""
+        """One change to the room's members (see room_member.lua); then, whatever
+        happens to the caller, the user's side and the pushes that follow from it:
+        ``joined`` / ``left`` to every client of ``user`` (display name), a
+        ``join_request`` to the owner, a ``notice`` to a new owner or a denied user."""
         k = self.keys
+        if mode in ("invite", "approve", "public"):
+            await self._check_room_count(user)
         status, detail = await self.scripts.call(
             "room_member",
             (
@@ -150,13 +169,36 @@ class Rooms:
             (mode, actor.lower(), user.lower(), now_ms()),
         )  # fmt: skip
         change = MemberChange(str(status), str(detail))
-        if change.status in ("joined", "member"):
-            await self.redis.sadd(k.user_rooms(user), room)
-        elif change.status in ("left", "handed", "closed"):
-            await self.redis.srem(k.user_rooms(user), room)
-            if change.status == "closed":
-                await self.redis.srem(k.public_rooms, room)
+        # Shielded: a client that disconnects now must not leave the change half told.
+        await asyncio.shield(self._follow_up(change, room, user))
         return change
+
+    async def _follow_up(self, change: MemberChange, room: str, user: str) -> None:
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            match change.status:
+                case "joined" | "member":
+                    pipe.sadd(k.user_rooms(user), room)
+                    if change.status == "joined":
+                        self._push(pipe, user, {"type": "joined", "room": room})
+                case "left" | "handed" | "closed":
+                    pipe.srem(k.user_rooms(user), room)
+                    self._push(pipe, user, {"type": "left", "room": room})
+                    if change.status == "closed":
+                        pipe.srem(k.public_rooms, room)
+                    if change.status == "handed":
+                        notice = {"type": "notice", "text": f"you now own {room}"}
+                        self._push(pipe, change.detail, notice)
+                case "pending":
+                    request = {"type": "join_request", "room": room, "user": user}
+                    self._push(pipe, change.detail, request)
+                case "denied":
+                    text = f"your request to join {room} was turned down"
+                    self._push(pipe, user, {"type": "notice", "text": text})
+            await pipe.execute()
+
+    def _push(self, pipe: Pipeline, user: str, event: dict[str, Any]) -> None:
+        pipe.publish(self.keys.user_channel(user), json.dumps(event, separators=(",", ":")))
 
     async def new_link(self, room: str) -> str:
         """A fresh invite token for the room; the previous one stops working."""
@@ -176,10 +218,3 @@ class Rooms:
         if room is None or await self.redis.get(self.keys.room_link(str(room))) != token:
             return None
         return str(room)
-
-    # -- telling users -----------------------------------------------------------------
-    async def tell(self, user: str, event: dict[str, Any]) -> None:
-        """Push an event to every client of ``user``, on every gateway."""
-        await self.redis.publish(
-            self.keys.user_channel(user), json.dumps(event, separators=(",", ":"))
-        )
