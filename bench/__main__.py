@@ -6,6 +6,11 @@
     redchat-bench connect --connections 1000 --unread 50
     redchat-bench idle --connections 10000 --gateways 1
     redchat-bench fanout --host 10.0.0.5 --port 8000 --no-baseline
+    redchat-bench attacks                          # what hostile clients cost others
+
+``attacks`` is a command of its own (``redchat-bench attacks --help``,
+bench/attacks.py): it measures latency, memory and stalls under attack on a
+deployment it starts, with no baseline. The rest of this text is about the others.
 
 By default it starts everything itself, on free ports in a temporary folder: a
 redis-server, ``--gateways`` gateway processes sharing one port, and the baseline
@@ -51,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d = Params()
-    ap.add_argument("scenario", choices=sorted(SCENARIOS))
+    ap.add_argument(
+        "scenario", choices=sorted(SCENARIOS), help="or `attacks` (see `attacks --help`)"
+    )
     where = ap.add_argument_group("what to measure")
     where.add_argument("--gateways", type=int, default=2, help="gateway processes to start")
     where.add_argument("--host", help="bench a running deployment at this address instead")
@@ -264,6 +271,11 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["attacks"]:
+        from bench.attacks import main as attacks_main
+
+        return attacks_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.host and args.scenario == "idle":
         print("redchat-bench: idle needs the process ids; run without --host", file=sys.stderr)

@@ -15,10 +15,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-from client.connection import Connection
+from client.connection import ChatError, Connection
 from gateway.embedded_redis import RedisProcess, free_port, redis_answers, start_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -295,3 +296,22 @@ class TextClient:
         self.writer.close()
         with contextlib.suppress(OSError):
             await self.writer.wait_closed()
+
+
+async def chat_error(coro: Awaitable[object]) -> ChatError:
+    """The ``ChatError`` a request ends in (fails the test if it succeeds)."""
+    try:
+        await coro
+    except ChatError as exc:
+        return exc
+    raise AssertionError("the request succeeded")
+
+
+async def next_of(conn: Connection, kind: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The next event of type ``kind`` (others are skipped)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        ev = await conn.next_event(timeout=max(0.01, deadline - loop.time()))
+        if ev.get("type") == kind:
+            return ev

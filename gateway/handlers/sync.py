@@ -29,6 +29,7 @@ from gateway.protocol import (
     format_stream_id,
     parse_stream_id,
 )
+from gateway.store import other_user
 from gateway.store.messages import PAGE
 
 __all__ = ["login", "status"]
@@ -80,14 +81,16 @@ async def login(ctx: Context, cmd: Login) -> None:
 
 async def _plan(ctx: Context, since: Mapping[str, str] | None) -> list[_Replay]:
     store, s, me = ctx.store, ctx.settings, ctx.user
-    conversations = await store.conversations(me)
     cursors = await store.cursors.cursors(me)
-    names = await store.reader_names(me, conversations)
     wanted = {k.lower(): v for k, v in (since or {}).items()}
+    reading: list[tuple[str, str | None]] = []
+    for conversation in await store.conversations(me):
+        key = other_user(me, conversation) or conversation
+        reading.append((conversation, wanted.get(key, cursors.get(conversation))))
+    names = await store.reader_names(me, [c for c, _ in reading])
     plan: list[_Replay] = []
     counted: list[_Replay] = []
-    for conversation, name in zip(conversations, names, strict=True):
-        after = wanted.get(name.lower(), cursors.get(conversation))
+    for (conversation, after), name in zip(reading, names, strict=True):
         if after is None and conversation == GENERAL:
             # Never saw #general: its last few messages, as context.
             recent = await store.messages.read_last(GENERAL, s.history_size)
@@ -165,13 +168,13 @@ class _Source:
 async def status(ctx: Context, cmd: GetStatus) -> None:
     store, me = ctx.store, ctx.user
     online = await store.presence.online(stale_ms=int(ctx.settings.heartbeat_s * 3000))
-    conversations = await store.conversations(me)
     cursors = await store.cursors.cursors(me)
-    afters = [_later(cursors.get(c), ctx.conn.last_sent.get(c)) for c in conversations]
-    counts = await store.messages.unread_counts(
-        list(zip(conversations, afters, strict=True)), ctx.settings.replay_max
-    )
-    counted = [(c, n) for c, n in zip(conversations, counts, strict=True) if n]
+    reading = [
+        (c, _later(cursors.get(c), ctx.conn.last_sent.get(c)))
+        for c in await store.conversations(me)
+    ]
+    counts = await store.messages.unread_counts(reading, ctx.settings.replay_max)
+    counted = [(c, n) for (c, _), n in zip(reading, counts, strict=True) if n]
     names = await store.reader_names(me, [c for c, _ in counted])
     unread = {name: n for name, (_, n) in zip(names, counted, strict=True)}
     state = await store.moderation.state(me)

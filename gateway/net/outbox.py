@@ -17,12 +17,14 @@ A client that reads nothing for that long is cut off (``on_stall``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["Flusher", "Outbox", "tune_socket"]
+__all__ = ["Flusher", "Outbox", "reset_on_close", "tune_socket"]
 
 DRAIN_HIGH_WATER: Final = 256 * 1024
 
@@ -41,6 +43,16 @@ def tune_socket(transport: asyncio.BaseTransport, sndbuf_bytes: int) -> None:
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
     except OSError:
         pass  # not a TCP socket (a Unix socket in tests): nothing to tune
+
+
+def reset_on_close(transport: asyncio.BaseTransport) -> None:
+    """Closing then sends a reset and drops what the kernel still holds for the peer,
+    so a client that stopped reading learns it was cut off (and its memory goes)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 class Flusher:

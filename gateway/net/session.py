@@ -40,16 +40,22 @@ from typing import TYPE_CHECKING, Final, cast
 from gateway.errors import ClientError, Unavailable
 from gateway.handlers.context import Context
 from gateway.handlers.dispatch import dispatch
-from gateway.net.outbox import Outbox, tune_socket
+from gateway.net.outbox import Outbox, reset_on_close, tune_socket
 from gateway.protocol import (
     Codec,
     Command,
     Error,
     Event,
     Framing,
+    GetHistory,
+    GetLog,
+    GetMembers,
+    GetStatus,
+    GetThread,
     Joined,
     JsonCodec,
     Left,
+    ListRooms,
     Message,
     Send,
     TextCodec,
@@ -68,6 +74,8 @@ MAX_FIRST_BYTES: Final = 16  # enough to tell an HTTP method from text
 MAX_UNREAD_BYTES: Final = 64 * 1024  # past this, stop reading from the socket
 WORK_SLICE: Final = 16  # requests served before yielding to the loop
 ERROR_BURST: Final = 50
+# Requests whose cost grows with what the user has: paced like sends (--conn-send-rate).
+READS: Final = (GetStatus, GetHistory, GetLog, GetThread, GetMembers, ListRooms)
 MAX_HELD_EVENTS: Final = 100  # pushed events kept while a login or re-sync runs
 ERROR_RATE: Final = 5.0
 
@@ -138,6 +146,7 @@ class Session(asyncio.Protocol):
         self._counted = False  # counted in the gateway's presence
         self._errors = TokenBucket(ERROR_RATE, ERROR_BURST)
         self._sends = TokenBucket(s.conn_send_rate, s.conn_send_burst)
+        self._reads = TokenBucket(s.conn_send_rate, s.conn_send_burst)  # status, history, ...
 
     # -- state ------------------------------------------------------------------
     def _to(self, new: State) -> None:
@@ -283,6 +292,8 @@ class Session(asyncio.Protocol):
         )
         if self.outbox is not None:
             self.outbox.discard()
+        if self.transport is not None:
+            reset_on_close(self.transport)
         self._abort()
 
     def switch_to(self, conversation: str) -> None:
@@ -504,7 +515,9 @@ class Session(asyncio.Protocol):
         rid = getattr(item, "rid", None)
         try:
             if isinstance(item, Send) and self.user is not None:
-                self._check_send_rate()
+                self._check_send_rate(self._sends, "messages")
+            elif isinstance(item, READS) and self.user is not None:
+                self._check_send_rate(self._reads, "requests for history or status")
             await dispatch(self.ctx, item, self.codec.login_hint if self.codec else "")
         except ClientError as exc:
             self._error(Error(exc.code, exc.message, rid=rid, extra=exc.extra))
@@ -520,12 +533,12 @@ class Session(asyncio.Protocol):
             log.exception("bug while serving user=%s peer=%s", self.user, self.peer)
             self.send_event(Error("internal", "internal error; it has been logged", rid=rid))
 
-    def _check_send_rate(self) -> None:
-        wait = self._sends.take()
+    def _check_send_rate(self, bucket: TokenBucket, what: str) -> None:
+        wait = bucket.take()
         if wait:
             raise ClientError(
                 "rate_limited",
-                f"sending too fast: at most {self.settings.conn_send_rate:g} messages a second",
+                f"too fast: at most {self.settings.conn_send_rate:g} {what} a second",
                 retry_after=max(1, math.ceil(wait)),
             )
 

@@ -51,13 +51,19 @@ class JsonCodec(Codec):
             raise Reject("bad_request", "malformed JSON") from None
         if not isinstance(obj, dict):
             raise Reject("bad_request", "each line must be a JSON object")
-        if b"\\u" in line and _has_surrogate(obj):
-            raise Reject("bad_request", "strings must be valid Unicode (no lone surrogates)")
         rid = obj.get("rid")
         if rid is not None and (
-            isinstance(rid, bool) or not isinstance(rid, str | int) or len(str(rid)) > MAX_RID_CHARS
+            isinstance(rid, bool)
+            or not isinstance(rid, str | int)
+            or len(str(rid)) > MAX_RID_CHARS
+            or _has_surrogate(rid)
         ):
             raise Reject("bad_request", f"rid must be a string or number of <= {MAX_RID_CHARS}")
+        if b"\\u" in line and _has_surrogate(obj):
+            # the rid is fine (checked above), so the answer still carries it
+            raise _RejectWithRid(
+                "bad_request", "strings must be valid Unicode (no lone surrogates)", rid
+            )
         try:
             return parse_json_request(obj, self._ctx, rid)
         except Reject as exc:

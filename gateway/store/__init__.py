@@ -51,6 +51,7 @@ __all__ = [
     "is_room",
     "make_redis",
     "now_ms",
+    "other_user",
     "verify_password",
 ]
 
@@ -111,9 +112,10 @@ class Store:
         return dm_conversation(me, name), name
 
     async def conversations(self, me: str) -> list[str]:
-        """Every conversation ``me`` reads: #general, their rooms, their direct ones."""
-        general, *direct = await self.cursors.conversations(me)
-        return [general, *await self.rooms.of_user(me), *direct]
+        """Every conversation ``me`` reads: #general, their rooms, their direct ones
+        (the most recently active ``MAX_DIRECT``)."""
+        direct = await self.cursors.direct(me)
+        return [GENERAL, *await self.rooms.of_user(me), *direct]
 
     async def check_readable(self, me: str, conversation: str) -> None:
         """A private room's history and members are for its members only."""
@@ -148,7 +150,7 @@ class Store:
     async def reader_names(self, me: str, conversations: Sequence[str]) -> list[str]:
         """Each conversation's name from ``me``'s side: '#room' or the other user
         (display names looked up in one round trip)."""
-        others = [_other(me, c) for c in conversations]
+        others = [other_user(me, c) for c in conversations]
         names = await self.accounts.display_names([o for o in others if o is not None])
         found = iter(names)
         return [
@@ -224,7 +226,7 @@ class Store:
             raise
 
 
-def _other(me: str, conversation: str) -> str | None:
+def other_user(me: str, conversation: str) -> str | None:
     """The other user of a direct conversation (lower case); None for a room."""
     if is_room(conversation):
         return None

@@ -181,12 +181,14 @@ class Accounts:
         pair, name_key = k.login_failures(user, address), k.login_failures(user)
         addr_key = k.address_failures(address) if address else None
         if addr_key is not None and not known:
-            await self._attempt([addr_key], [lim.per_address, lim.window_s, "check"], user)
+            await self._attempt(
+                [addr_key], [lim.per_address, lim.window_s, "check"], "from your address"
+            )
         per_name = 0 if known else lim.per_name
         await self._attempt(
             [pair, name_key],
             [lim.fail_limit, lim.window_s, "reserve", per_name, lim.window_s, "check"],
-            user,
+            f"for {user}",
         )
         try:
             account = await self._check(user, password)
@@ -205,12 +207,12 @@ class Accounts:
             await self._remember_address(user, address)
         return account
 
-    async def _attempt(self, keys: list[str], args: list[int | str], user: str) -> None:
+    async def _attempt(self, keys: list[str], args: list[int | str], which: str) -> None:
         denied, retry = await self.scripts.call("login_attempt", keys, args)
         if denied:
             raise ClientError(
                 "rate_limited",
-                f"too many failed logins for {user}; try again in {int(retry)} s",
+                f"too many failed logins {which}; try again in {int(retry)} s",
                 retry_after=int(retry),
             )
 

@@ -9,6 +9,7 @@ the list is bounded by what is alive. ``#general`` is everyone's and not listed.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Final
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -19,6 +20,7 @@ from gateway.store.time import now_ms
 
 __all__ = ["Cursors"]
 
+MAX_DIRECT: Final = 1000  # direct conversations a login or status looks at (most recent)
 PRUNE_SLACK_MS = 120_000  # the list's scores lag the last message by up to a minute
 
 
@@ -32,14 +34,23 @@ class Cursors:
 
     async def conversations(self, user: str) -> list[str]:
         """Every conversation the user reads: #general first, then direct ones."""
+        return [GENERAL, *await self.direct(user)]
+
+    async def direct(self, user: str, most: int = MAX_DIRECT) -> list[str]:
+        """The user's ``most`` most recently active direct conversations (sorted).
+
+        Their activity lags the last message by at most the send path's refresh
+        interval, so a conversation with anything new is among them unless ``most``
+        others have been active since: logins and status read a bounded number of
+        conversations however many a user has."""
         k = self.keys
         if self.message_ttl_s:
             before = now_ms() - self.message_ttl_s * 1000 - PRUNE_SLACK_MS
             await self.scripts.call(
                 "prune_conversations", [k.conversations(user), k.cursors(user)], [before]
             )
-        dms = await self.redis.zrange(k.conversations(user), 0, -1)
-        return [GENERAL, *sorted(str(c) for c in dms)]
+        dms = await self.redis.zrange(k.conversations(user), 0, most - 1, desc=True)
+        return sorted(str(c) for c in dms)
 
     async def cursors(self, user: str) -> dict[str, str]:
         raw = await self.redis.hgetall(self.keys.cursors(user))

@@ -224,19 +224,29 @@ class Schedules:
             await pipe.execute()
         return claims
 
-    async def finish(self, claim: Claim, push: Event | None) -> bool:
-        """Forget a claimed message (sent, or refused for good) and push ``push`` to
-        every client of its author. False when another worker had finished it first."""
-        k, user, sid = self.keys, claim.due.user, claim.due.sid
-        done = int(
-            await self.scripts.call(
-                "schedule_done",
-                (k.schedules(user), k.schedule_leases(user)),
-                (sid, "" if push is None else push_json(push), k.user_channel(user)),
-            )
-        )
-        await self.redis.zrem(k.schedule_due, claim.due.member)
-        return done == 1
+    async def finish(self, done: Sequence[tuple[Claim, Event | None]]) -> list[bool]:
+        """Forget claimed messages (sent, or refused for good) and push each one's
+        event to every client of its author, in one round trip. For each: False when
+        another worker had finished it first (and told the author)."""
+        if not done:
+            return []
+        k = self.keys
+
+        def fill(pipe: Pipeline) -> None:
+            for claim, push in done:
+                user, sid = claim.due.user, claim.due.sid
+                self.scripts.queue(
+                    pipe, "schedule_done",
+                    (k.schedules(user), k.schedule_leases(user)),
+                    (sid, "" if push is None else push_json(push), k.user_channel(user)),
+                )  # fmt: skip
+                pipe.zrem(k.schedule_due, claim.due.member)
+
+        raw = await self.scripts.run_pipeline(fill, ("schedule_done",))
+        for r in raw:
+            if isinstance(r, Exception):
+                raise r
+        return [int(r) == 1 for r in raw[::2]]
 
 
 def _due(member: str, score: float) -> Due:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ import redis.asyncio as aioredis
 
 from client.connection import ChatError, Connection
 from gateway.errors import Unavailable
-from gateway.store import Keys, LoginLimits, Store
+from gateway.store import Keys, LoginLimits, Store, dm_conversation
+from gateway.store.cursors import MAX_DIRECT
 from tests.support import Deployment, RedisServer, running
 from tests.unit.test_session import live_session
 
@@ -113,3 +115,43 @@ async def test_a_bug_is_logged_as_one_and_an_outage_is_unavailable(
     session.data_received(b'{"op":"status","rid":2}\n')
     await asyncio.sleep(0.05)
     assert transport.events()[-1]["code"] == "unavailable"
+
+
+async def test_login_and_status_read_a_bounded_number_of_conversations(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Issue 9.9: a user with thousands of direct conversations logs in and asks for
+    status with a bounded number of stream reads (the most recently active
+    conversations are looked at), not two for every conversation ever had."""
+    async with running(Deployment(redis_server, tmp_path, gateways=1)) as dep:
+        r = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+        k = Keys(dep.prefix)
+        owner = await dep.login("many")
+        await owner.close()
+        then = int(time.time() * 1000) - 10 * 60_000  # ten minutes ago: quiet since
+        async with r.pipeline(transaction=False) as pipe:
+            for i in range(3000):
+                conv = dm_conversation("many", f"p{i:04}")
+                sid = f"{then + i}-0"
+                pipe.xadd(k.stream(conv), {"from": f"p{i:04}", "to": "many", "text": "hi",
+                                           "n": "1"}, id=sid)  # fmt: skip
+                pipe.set(k.seq(conv), 1)
+                pipe.zadd(k.conversations("many"), {conv: then + i})
+                pipe.hset(k.cursors("many"), conv, sid)
+            pipe.xadd(k.stream(dm_conversation("many", "new")), {"from": "new", "to": "many",
+                      "text": "unread", "n": "1"})  # fmt: skip
+            pipe.zadd(k.conversations("many"), {dm_conversation("many", "new"): then + 600_000})
+            await pipe.execute()
+        await r.config_resetstat()
+        conn = await dep.connect()
+        result = await conn.login("many", "pw")
+        assert result.welcome["unread"] == {"new": 1}
+        assert [m["text"] for m in result.replayed] == ["unread"]
+        status = await conn.status()
+        assert status["unread"] == {}
+        stats = await r.info("commandstats")
+        reads = sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("xrange", "xrevrange"))
+        # 2 reads per conversation looked at, for the login and the status: at most
+        # MAX_DIRECT of the 3001 direct ones (every one of them would be over 12,000).
+        assert reads <= 2 * 2 * (MAX_DIRECT + 2), reads
+        await r.aclose()

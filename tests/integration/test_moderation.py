@@ -15,7 +15,16 @@ import pytest
 import redis.asyncio as aioredis
 
 from client.connection import ChatError, Connection
-from tests.support import ROOT, Deployment, RedisServer, running, start_worker, wait_for
+from tests.support import (
+    ROOT,
+    Deployment,
+    RedisServer,
+    chat_error,
+    next_of,
+    running,
+    start_worker,
+    wait_for,
+)
 
 DOCS = ROOT / "docs" / "redis-keys.md"
 
@@ -31,23 +40,8 @@ def _moderation(
     return Deployment(redis_server, tmp_path, gateways=gateways, extra=extra)
 
 
-async def _error(coro: Any) -> ChatError:
-    with pytest.raises(ChatError) as err:
-        await coro
-    return err.value
-
-
 async def _history_from(conn: Connection, user: str) -> list[dict[str, Any]]:
     return [m for m in await conn.history("#general", limit=200) if m["from"] == user]
-
-
-async def _next_of(conn: Connection, kind: str, timeout: float = 5.0) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        ev = await conn.next_event(timeout=max(0.01, deadline - loop.time()))
-        if ev.get("type") == kind:
-            return ev
 
 
 @pytest.fixture
@@ -96,7 +90,7 @@ async def test_racing_sends_of_one_user_stop_exactly_at_the_limit(
         for c in clients:
             await c.close()
         again = await dep.connect_on("gw2", "rat")
-        err = await _error(again.send("#general", "after reconnecting"))
+        err = await chat_error(again.send("#general", "after reconnecting"))
         assert err.code == "rate_limited"
         status = await again.status()
         assert status["quota"]["limit"] == 20 and status["quota"]["left"] == 0
@@ -115,12 +109,12 @@ async def test_a_refused_send_uses_no_quota(redis_server: RedisServer, tmp_path:
     async with running(dep):
         conn = await dep.login("ref")
         for _ in range(3):
-            err = await _error(conn.send("#general", "re nothing", reply_to="1-0"))
+            err = await chat_error(conn.send("#general", "re nothing", reply_to="1-0"))
             assert err.code == "not_found"
         assert (await conn.status())["quota"]["left"] == 2
         await conn.send("#general", "one")
         await conn.send("#general", "two")
-        assert (await _error(conn.send("#general", "three"))).code == "rate_limited"
+        assert (await chat_error(conn.send("#general", "three"))).code == "rate_limited"
 
 
 async def test_the_limit_can_be_turned_off(redis_server: RedisServer, tmp_path: Path) -> None:
@@ -156,14 +150,14 @@ async def _reports_and_ban(dep: Deployment, redis: aioredis.Redis, worker_log: P
     await text.send("/login tgt pw\r\n")
     await text.expect("logged in")
 
-    assert (await _error(r1.request("report", user="rep1"))).code == "bad_request"
-    assert (await _error(r1.request("report", user="nobody"))).code == "unknown_user"
+    assert (await chat_error(r1.request("report", user="rep1"))).code == "bad_request"
+    assert (await chat_error(r1.request("report", user="nobody"))).code == "unknown_user"
 
     first = await r1.request("report", user="TGT", reason="spam")
     assert first == {"type": "reported", "rid": first["rid"], "user": "tgt", "counted": True,
                      "reports": 1, "threshold": 3, "banned_until": None}  # fmt: skip
     for conn in target:  # every client of the user, on both gateways
-        warning = await _next_of(conn, "warning")
+        warning = await next_of(conn, "warning")
         assert warning["reports"] == 1 and warning["banned_until"] is None
     await text.expect(r"!! warning: you were reported \(1 of 3\)")
     repeat = await r1.request("report", user="tgt")
@@ -176,17 +170,17 @@ async def _reports_and_ban(dep: Deployment, redis: aioredis.Redis, worker_log: P
     assert banning["counted"] and banning["reports"] == 3
     assert until > time.time() * 1000
     for conn in target:
-        while (warning := await _next_of(conn, "warning"))["banned_until"] is None:
+        while (warning := await next_of(conn, "warning"))["banned_until"] is None:
             pass
         assert warning["banned_until"] == until
     await text.expect(r"!! you were reported by 3 users: you cannot send until")
 
     # At once, on both gateways, and for every kind of send.
     for conn in target:
-        err = await _error(conn.send("#general", "still here?"))
+        err = await chat_error(conn.send("#general", "still here?"))
         assert err.code == "banned" and err.event["until"] == until
         assert 1 <= err.event["retry_after"] <= 4
-        assert (await _error(conn.send("rep1", "psst"))).code == "banned"
+        assert (await chat_error(conn.send("rep1", "psst"))).code == "banned"
     await text.send("still here?\r\n")
     await text.expect(r"!! error \(banned\): you are banned from sending; you can send again in")
     # The banned user still reads.
@@ -231,7 +225,7 @@ async def test_reports_racing_at_the_threshold_give_one_ban(
         warnings = []
         with pytest.raises(TimeoutError):
             while True:
-                warnings.append(await _next_of(target, "warning", timeout=1.0))
+                warnings.append(await next_of(target, "warning", timeout=1.0))
         assert [w["banned_until"] for w in warnings] == [None, None, until]
 
 
@@ -277,7 +271,7 @@ async def test_the_documented_redis_cli_lines_do_what_the_doc_says(
         await bob.send("#general", "two")
         assert await _run(redis, p, recipes, "how many public messages") == ["2", pytest.approx(
             600_000, abs=5000)]  # fmt: skip
-        assert (await _error(bob.send("#general", "three"))).code == "rate_limited"
+        assert (await chat_error(bob.send("#general", "three"))).code == "rate_limited"
         await _run(redis, p, recipes, "reset bob's quota")
         await bob.send("#general", "three")  # at once
 
@@ -294,7 +288,7 @@ async def test_the_documented_redis_cli_lines_do_what_the_doc_says(
         assert [(name, int(score)) for name, score in banned] == [("bob", until)]
         ban, left = await _run(redis, p, recipes, "is bob banned")
         assert int(ban) == until and 0 < left <= 14_400_000
-        assert (await _error(bob.send("ann", "hi"))).code == "banned"
+        assert (await chat_error(bob.send("ann", "hi"))).code == "banned"
 
         await _run(redis, p, recipes, "lift bob's ban")
         await bob.send("ann", "free again")  # at once

@@ -5,27 +5,9 @@ processes, replay and unread after a reconnect, threads, and /switch."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-import pytest
-
-from client.connection import ChatError, Connection
-from tests.support import Deployment
-
-
-async def _error(coro: Any) -> ChatError:
-    with pytest.raises(ChatError) as err:
-        await coro
-    return err.value
-
-
-async def _next_of(conn: Connection, kind: str, timeout: float = 5.0) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        ev = await conn.next_event(timeout=max(0.01, deadline - loop.time()))
-        if ev.get("type") == kind:
-            return ev
+from client.connection import Connection
+from tests.support import Deployment, chat_error, next_of
 
 
 async def _texts(conn: Connection, count: int, room: str) -> list[str]:
@@ -43,10 +25,10 @@ async def test_invite_link_with_approval_and_denial(deployment: Deployment) -> N
 
     room = await owner.request("create_room", room="#Team")
     assert (room["room"], room["owner"], room["private"]) == ("#team", "own", True)
-    assert (await _error(eve.request("create_room", room="#TEAM"))).code == "exists"
+    assert (await chat_error(eve.request("create_room", room="#TEAM"))).code == "exists"
     await owner.send("#team", "before joe")
     for conn in (owner, owner2):
-        assert (await _next_of(conn, "joined"))["room"] == "#team"
+        assert (await next_of(conn, "joined"))["room"] == "#team"
 
     # Non-members: no sending, no history, no members, no joining by name.
     for attempt in (
@@ -55,30 +37,30 @@ async def test_invite_link_with_approval_and_denial(deployment: Deployment) -> N
         joe.request("members", room="#team"),
         joe.request("join", room="#team"),
     ):
-        assert (await _error(attempt)).code == "forbidden"
+        assert (await chat_error(attempt)).code == "forbidden"
     # Only the owner invites, makes links, approves or denies.
     for op, fields in (("invite", {"user": "joe"}), ("link", {}), ("approve", {"user": "joe"}),
                        ("deny", {"user": "joe"})):  # fmt: skip
-        assert (await _error(eve.request(op, room="#team", **fields))).code == "forbidden"
-    assert (await _error(joe.request("join", token="A" * 24))).code == "not_found"
+        assert (await chat_error(eve.request(op, room="#team", **fields))).code == "forbidden"
+    assert (await chat_error(joe.request("join", token="A" * 24))).code == "not_found"
 
     link = await owner.request("link", room="#team")
     token = link["token"]
     assert len(token) >= 16
     assert (await joe.request("join", token=token))["type"] == "pending"
     for conn in (owner, owner2):
-        request = await _next_of(conn, "join_request")
+        request = await next_of(conn, "join_request")
         assert (request["room"], request["user"]) == ("#team", "joe")
     members = await owner.request("members", room="#team")
     assert members["members"] == ["own"] and members["pending"] == ["joe"]
     # An owner logging in later hears of the open request.
     late = await dep.connect()
     await late.login("own", "pw")
-    assert (await _next_of(late, "join_request"))["user"] == "joe"
+    assert (await next_of(late, "join_request"))["user"] == "joe"
 
     await owner2.request("approve", room="#team", user="joe")
     for conn in (joe, joe2):  # both of joe's clients, on both gateways, at once
-        assert (await _next_of(conn, "joined"))["room"] == "#team"
+        assert (await next_of(conn, "joined"))["room"] == "#team"
     recent = [m for m in await joe2.messages(1) if m["to"] == "#team"]
     assert [m["text"] for m in recent] == ["before joe"]  # its last messages, as #general's
     await owner.send("#team", "welcome joe")
@@ -92,13 +74,15 @@ async def test_invite_link_with_approval_and_denial(deployment: Deployment) -> N
     # Denial: eve asks, the owner says no; eve is told, and stays out.
     assert (await eve.request("join", token=token))["type"] == "pending"
     await owner.request("deny", room="#team", user="eve")
-    notice = await _next_of(eve, "notice")
+    notice = await next_of(eve, "notice")
     assert "turned down" in notice["text"]
-    assert (await _error(eve.send("#team", "hm"))).code == "forbidden"
-    assert (await _error(owner.request("approve", room="#team", user="eve"))).code == "not_found"
+    assert (await chat_error(eve.send("#team", "hm"))).code == "forbidden"
+    assert (
+        await chat_error(owner.request("approve", room="#team", user="eve"))
+    ).code == "not_found"
     # A new link makes the old one stale.
     await owner.request("link", room="#team")
-    assert (await _error(eve.request("join", token=token))).code == "not_found"
+    assert (await chat_error(eve.request("join", token=token))).code == "not_found"
     # eve, never a member, got none of #team's live messages.
     await owner.send("#team", "for members")
     await owner.send("#general", "end")
@@ -120,33 +104,33 @@ async def test_leaving_and_public_rooms_and_the_owner_leaving(deployment: Deploy
     )
     assert (await ann.request("join", room="#pub"))["type"] == "joined"
     for conn in (ann, ann2):
-        assert (await _next_of(conn, "joined"))["room"] == "#pub"
+        assert (await next_of(conn, "joined"))["room"] == "#pub"
     await bob.send("#pub", "hello ann")
     assert await _texts(ann2, 1, "#pub") == ["hello ann"]
 
     await ann2.request("leave", room="#pub")
     for conn in (ann, ann2):
-        assert (await _next_of(conn, "left"))["room"] == "#pub"
+        assert (await next_of(conn, "left"))["room"] == "#pub"
     await bob.send("#pub", "gone?")
     await bob.send("#general", "marker")
     for conn in (ann, ann2):  # nothing more from #pub reaches either client
         assert [m["to"] for m in await conn.messages(1)] == ["#general"]
-    assert (await _error(ann.send("#pub", "x"))).code == "forbidden"
+    assert (await chat_error(ann.send("#pub", "x"))).code == "forbidden"
 
     # The owner leaves: the longest member takes over; the last one out closes it.
     await ann.request("join", room="#pub")
     await bob.request("leave", room="#pub")
-    assert "you now own #pub" in (await _next_of(ann, "notice"))["text"]
+    assert "you now own #pub" in (await next_of(ann, "notice"))["text"]
     info = [r for r in (await bob.request("rooms"))["rooms"] if r["room"] == "#pub"]
     assert info == [{"room": "#pub", "private": False, "owner": "ann", "members": 1,
                      "member": False}]  # fmt: skip
     await ann.request("leave", room="#pub")
     assert all(r["room"] != "#pub" for r in (await bob.request("rooms"))["rooms"])
-    assert (await _error(bob.send("#pub", "x"))).code == "not_found"
+    assert (await chat_error(bob.send("#pub", "x"))).code == "not_found"
     again = await bob.request("create_room", room="#pub")  # the name is free again
     assert again["private"] is True
     assert await bob.history("#pub") == []  # and the old history went with the old room
-    assert (await _error(bob.request("leave", room="#general"))).code == "bad_request"
+    assert (await chat_error(bob.request("leave", room="#general"))).code == "bad_request"
 
 
 async def test_rooms_in_unread_and_replay_after_a_reconnect(deployment: Deployment) -> None:
@@ -155,7 +139,7 @@ async def test_rooms_in_unread_and_replay_after_a_reconnect(deployment: Deployme
     mia = await dep.login("mia")
     await own.request("create_room", room="#club")
     await own.request("invite", room="#club", user="mia")
-    assert (await _next_of(mia, "joined"))["room"] == "#club"
+    assert (await next_of(mia, "joined"))["room"] == "#club"
     await own.send("#club", "one")
     assert await _texts(mia, 1, "#club") == ["one"]
     await asyncio.sleep(0.8)  # mia's cursor is saved
@@ -193,12 +177,12 @@ async def test_threads_count_replies_without_rewriting_history(deployment: Deplo
     assert thread["message"]["id"] == root and thread["message"]["replies"] == 2
     assert [m["text"] for m in thread["replies"]] == ["pizza", "sushi"]
     # bad ids; a reply to a message of another conversation
-    assert (await _error(ben.request("thread", **{"with": "#general", "id": "1-0"}))).code == (
+    assert (await chat_error(ben.request("thread", **{"with": "#general", "id": "1-0"}))).code == (
         "not_found"
     )
     dm = await amy.send("ben", "psst")
-    assert (await _error(ben.send("#general", "re", reply_to=dm))).code == "not_found"
-    assert (await _error(ben.request("thread", **{"with": "#general", "id": dm}))).code == (
+    assert (await chat_error(ben.send("#general", "re", reply_to=dm))).code == "not_found"
+    assert (await chat_error(ben.request("thread", **{"with": "#general", "id": dm}))).code == (
         "not_found"
     )
     assert (await ben.request("thread", **{"with": "amy", "id": dm}))["replies"] == []

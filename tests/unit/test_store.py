@@ -200,8 +200,9 @@ async def test_concurrent_sends_share_a_batch_and_fail_one_by_one(
     ids = [r.id for r in results if not isinstance(r, BaseException)]
     assert len(set(ids)) == 21
     assert await redis.xlen("t:{c:#general}:stream") == 22
-    assert [m.text for m in await store.messages.log("a", 100)][-1] == "good reply"
-    assert len(await store.messages.log("a", 100)) == 22
+    logged = [m.text for m in await store.messages.log("a", 100)]
+    # (a reply reads the message it answers first, so it may land in a later batch)
+    assert len(logged) == 22 and "good reply" in logged
 
 
 async def test_sends_and_cursors_survive_redis_forgetting_its_scripts(
