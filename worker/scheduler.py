@@ -145,10 +145,10 @@ class Scheduler:
                 c.job.sid, c.job.author, c.job.to, c.job.at, now - c.job.at,
                 f" (takeover, claim {c.tries})" if c.tries > 1 else "",
             )  # fmt: skip
-        for c in claims:
-            if c.status is ClaimStatus.BROKEN:
-                log.error("dropped an unreadable scheduled message %s", c.due.member)
-                await schedules.finish(c, None)
+        broken = [(c, None) for c in claims if c.status is ClaimStatus.BROKEN]
+        for c, _ in broken:
+            log.error("dropped an unreadable scheduled message %s", c.due.member)
+        await schedules.finish(broken)
         outcomes = await asyncio.gather(*(self._send(c) for c in mine))
         if self.fault == "after_send" and any(o is not None and o.sent for o in outcomes):
             log.warning("fault injection: SIGKILL after sending, before finishing")
@@ -160,8 +160,9 @@ class Scheduler:
     async def _finish(
         self, claims: Sequence[Claim], outcomes: Sequence[ScheduleOutcome | None]
     ) -> None:
+        """What was sent or refused is forgotten; the rest waits for its lease to end."""
         done = [(c, o) for c, o in zip(claims, outcomes, strict=True) if o is not None]
-        await asyncio.gather(*(self.store.schedules.finish(c, o) for c, o in done))
+        await self.store.schedules.finish(done)
 
     async def _send(self, claim: Claim) -> ScheduleOutcome | None:
         """Send one claimed message. The outcome to tell its author, or None to leave
@@ -180,8 +181,9 @@ class Scheduler:
         try:
             conversation, to = await self.store.resolve(job.author, job.to)
             result = await self.store.send(
-                job.author, conversation, to, job.text, cid=f"s:{job.sid}", reply_to=job.reply_to
-            )
+                job.author, conversation, to, job.text, cid=f"s:{job.sid}",
+                reply_to=job.reply_to, scheduled=True,
+            )  # fmt: skip
         except ClientError as exc:
             log.info(
                 "not sent sid=%s user=%s to=%s code=%s: %s",

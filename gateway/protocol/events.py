@@ -86,6 +86,7 @@ class Message:
     replay: bool = False
     quote: Quote | None = None  # the start of the message replied to
     replies: int = 0  # how many replies it has (in history and threads)
+    scheduled: bool = False  # sent by the scheduler, at its author's chosen time
     # The JSON line as published, shared by every JSON session on a gateway.
     raw: bytes | None = field(default=None, compare=False, repr=False)
     _key: tuple[int, int] | None = field(default=None, init=False, compare=False, repr=False)
@@ -370,7 +371,12 @@ def dumps(obj: Any) -> bytes:
 
 
 def message_json_tail(
-    from_: str, to: str, text: str, reply_to: str | None, quote: Quote | None = None
+    from_: str,
+    to: str,
+    text: str,
+    reply_to: str | None,
+    quote: Quote | None = None,
+    scheduled: bool = False,
 ) -> str:
     """What follows ``{"type":"message","id":"<id>","ts":<ms>`` in a published message."""
     tail: dict[str, Any] = {"from": from_, "to": to, "text": text}
@@ -378,6 +384,8 @@ def message_json_tail(
         tail["reply_to"] = reply_to
         if quote is not None:
             tail["quote"] = {"from": quote.from_, "text": quote.text}
+    if scheduled:
+        tail["scheduled"] = True
     return "," + json.dumps(tail, ensure_ascii=False, separators=(",", ":"))[1:]
 
 
@@ -394,6 +402,8 @@ def _message_dict(m: Message) -> dict[str, Any]:
         d["reply_to"] = m.reply_to
         if m.quote is not None:
             d["quote"] = {"from": m.quote.from_, "text": m.quote.text}
+    if m.scheduled:
+        d["scheduled"] = True
     if m.replies:
         d["replies"] = m.replies
     if m.replay:
@@ -572,6 +582,7 @@ def message_from_dict(d: Mapping[str, Any], raw: bytes | None = None) -> Message
         ts=int(d["ts"]),
         reply_to=str(reply_to) if reply_to else None,
         quote=Quote(str(quote["from"]), str(quote["text"])) if isinstance(quote, dict) else None,
+        scheduled=d.get("scheduled") is True,
         raw=raw,
     )
 

@@ -168,6 +168,7 @@ class Store:
         *,
         cid: str | None = None,
         reply_to: str | None = None,
+        scheduled: bool = False,
     ) -> SendResult:
         """Store and publish one message; ``to`` is '#room' or the recipient's display name.
 
@@ -180,7 +181,9 @@ class Store:
             public = await self._room_private(conversation) is False
         taken = await self.moderation.admit(sender, counts=public, cid=cid)
         try:
-            return await self._send(sender, conversation, to, text, cid=cid, reply_to=reply_to)
+            return await self._send(
+                sender, conversation, to, text, cid=cid, reply_to=reply_to, scheduled=scheduled
+            )
         except (ClientError, Unavailable):
             if taken:
                 await self.moderation.refund(sender, cid)
@@ -195,6 +198,7 @@ class Store:
         *,
         cid: str | None,
         reply_to: str | None,
+        scheduled: bool,
     ) -> SendResult:
         k = self.keys
         room = is_room(conversation) and conversation != GENERAL
@@ -216,7 +220,7 @@ class Store:
         try:
             return await self.messages.send(
                 sender, conversation, to, text, channels=channels, cid=cid, reply_to=reply_to,
-                lists=lists, member=sender if room else None, quote=quote,
+                lists=lists, member=sender if room else None, quote=quote, scheduled=scheduled,
             )  # fmt: skip
         except ClientError as exc:
             # Not a member: of a room that may have closed since it was looked up.

@@ -66,6 +66,7 @@ def entry_to_message(
         replay=replay,
         quote=quote,
         replies=replies,
+        scheduled=fields.get("sched") == "1",
     )
 
 
@@ -156,6 +157,7 @@ class Messages:
         lists: tuple[str, str] | None = None,
         member: str | None = None,
         quote: Quote | None = None,
+        scheduled: bool = False,
     ) -> SendResult:
         """Store a message and publish it on ``channels``, in one atomic step; then log it.
 
@@ -175,11 +177,12 @@ class Messages:
             "1" if cid else "0",
             self.min_id() if self.message_ttl_s else "",
             self.history_max_len,
-            message_json_tail(sender, to, text, reply_to, quote),
+            message_json_tail(sender, to, text, reply_to, quote, scheduled),
             (member or "").lower(),
             self.message_ttl_s * 1000,
             quote.from_ if quote else "",
             quote.text if quote else "",
+            "1" if scheduled else "",
             *channels,
         ]
         log_fields = {"id": "", "to": to, "text": text}

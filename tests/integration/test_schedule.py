@@ -159,6 +159,9 @@ async def test_a_scheduled_message_arrives_on_time_on_both_gateways(
         assert got["ts"] >= at - 500 and _now_ms() - (at - 500) < 1000
         got = await _next(bob, "message", 4, text="see you")
         assert got["from"] == "alice" and got["to"] == "bob" and "replay" not in got
+        assert got["scheduled"] is True
+        stored = [m for m in await bob.history("alice") if m["id"] == got["id"]]
+        assert stored and stored[0]["scheduled"] is True
         assert got["ts"] >= at and _now_ms() - at < 1000
         assert (await _next(carol, "message", 2))["text"] == "hello all"
         for conn in alice:  # their own messages come back, then the notice of each

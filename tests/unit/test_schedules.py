@@ -13,11 +13,21 @@ from typing import Any
 import fakeredis
 import pytest
 
+from client.commands import parse as console_parse
+from client.console import render_event
+from client.render import ShortIds, plain
 from gateway.errors import ClientError
 from gateway.protocol import TextCodec, event_to_dict, pushed_from_dict
 from gateway.protocol.events import Cancelled, Scheduled, ScheduleList, ScheduleOutcome
 from gateway.protocol.jsonlines import JsonCodec
-from gateway.protocol.ops import Cancel, Reject, Schedule, TextContext, parse_text_line
+from gateway.protocol.ops import (
+    Cancel,
+    Reject,
+    Schedule,
+    TextContext,
+    parse_text_line,
+    request_of,
+)
 from gateway.protocol.when import parse_when
 from gateway.store import GENERAL, Keys, LoginLimits, Store, now_ms
 from gateway.store.moderation import ModerationLimits
@@ -355,3 +365,58 @@ async def test_stop_finishes_the_pass_and_returns(redis: Redis) -> None:
 
 def test_due_members_split_on_the_first_colon() -> None:
     assert Due("amy", "ab12", 5).member == "amy:ab12"
+
+
+async def test_a_stop_during_a_pass_lets_its_sends_finish(redis: Redis) -> None:
+    store = _store(redis)
+    await _users(store, "amy")
+    await store.schedules.add("amy", GENERAL, "in flight", now_ms() + 20, None, 10)
+    await asyncio.sleep(0.05)
+    sending, release = asyncio.Event(), asyncio.Event()
+
+    class Slow(Scheduler):
+        async def _send(self, claim: Any) -> Any:
+            sending.set()
+            await release.wait()
+            return await super()._send(claim)
+
+    scheduler = Slow(store, "w1", poll_s=0.05)
+    task = asyncio.create_task(scheduler.run())
+    await asyncio.wait_for(sending.wait(), 2)
+    scheduler.stop()  # as SIGTERM does: no cancel
+    await asyncio.sleep(0.1)
+    assert not task.done()
+    release.set()
+    await asyncio.wait_for(task, 2)
+    assert [m.text for m in await store.messages.read_after(GENERAL, None, 10)] == ["in flight"]
+    assert await store.schedules.pending("amy") == []
+
+
+# -- the console client ------------------------------------------------------------
+
+
+def test_the_console_sends_a_time_of_day_as_at_and_shows_schedules_in_server_words() -> None:
+    cmd = console_parse("/schedule 23:59:59 bob good night")
+    assert isinstance(cmd, Schedule) and cmd.in_ is None and cmd.at is not None
+    assert 0 < cmd.at - time.time() * 1000 <= 86_400_000  # local time, the next one
+    assert request_of(cmd) == ("schedule", {"to": "bob", "text": "good night", "at": cmd.at})
+    assert request_of(console_parse("/schedule 90s #general hi")) == (  # type: ignore[arg-type]
+        "schedule", {"to": "#general", "text": "hi", "in": 90},
+    )  # fmt: skip
+    at = round(time.time() * 1000) + 599_000
+    ids = ShortIds()
+    refused = {"type": "notice", "text": "…", "sid": "ab12cd34", "to": "bob", "at": at,
+               "sent": False, "code": "banned", "reason": "you are banned"}  # fmt: skip
+    events = (
+        {"type": "scheduled", "sid": "ab12cd34", "to": "bob", "at": at, "text": "x", "rid": 1},
+        {"type": "schedules", "items": [], "rid": 2},
+        {"type": "cancelled", "sid": "ab12cd34"},
+        refused,
+    )
+    shown = [plain(line) for ev in events for line in render_event(ev, "amy", ids)]
+    assert shown[0].startswith("** scheduled ab12cd34 ") and "(in 10 min) to bob: x" in shown[0]
+    assert shown[1:] == [
+        "** no scheduled messages",
+        "** cancelled scheduled message ab12cd34",
+        "!! your scheduled message ab12cd34 to bob was not sent: you are banned",
+    ]

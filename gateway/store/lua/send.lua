@@ -1,6 +1,6 @@
 -- One message, one atomic step on one conversation's keys: check the sender may
 -- write here (a room's member), dedupe by client id, check the replied-to message,
--- number it, append, trim, count it in its thread, remember the client id, publish.
+-- number it, append (marked if it was scheduled), trim, count it in its thread, remember the client id, publish.
 -- Returns {1, id} stored, {0, id} a retry of a stored message, {-1, ''} no such
 -- reply_to, {-2, ''} not a member of the room.
 local stream, cid_key, seq_key = KEYS[1], KEYS[2], KEYS[3]
@@ -9,7 +9,8 @@ local from, to, text, reply_to = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local cid_ttl_s, has_cid = ARGV[5], ARGV[6] == '1'
 local min_id, max_len, json_tail = ARGV[7], ARGV[8], ARGV[9]
 local member, ttl_ms, re_from, re_text = ARGV[10], tonumber(ARGV[11]), ARGV[12], ARGV[13]
-local first_channel = 14
+local scheduled = ARGV[14] == '1'
+local first_channel = 15
 
 if member ~= '' and not redis.call('ZSCORE', members_key, member) then
   return {-2, ''}
@@ -23,10 +24,18 @@ if reply_to ~= '' and #redis.call('XRANGE', stream, reply_to, reply_to) == 0 the
 end
 -- n numbers the conversation's messages, so unread counts are a subtraction.
 local n = redis.call('INCR', seq_key)
-local id
+local fields = {'from', from, 'to', to, 'text', text, 'n', n}
 if reply_to ~= '' then
-  id = redis.call('XADD', stream, 'MAXLEN', '~', max_len, '*', 'from', from, 'to', to,
-    'text', text, 'n', n, 'reply_to', reply_to, 're_from', re_from, 're_text', re_text)
+  for _, v in ipairs({'reply_to', reply_to, 're_from', re_from, 're_text', re_text}) do
+    fields[#fields + 1] = v
+  end
+end
+if scheduled then
+  fields[#fields + 1] = 'sched'
+  fields[#fields + 1] = '1'
+end
+local id = redis.call('XADD', stream, 'MAXLEN', '~', max_len, '*', unpack(fields))
+if reply_to ~= '' then
   -- Threads: a count per message and the list of its replies, beside the stream
   -- (never rewritten); they live as long as the messages do.
   redis.call('HINCRBY', replies_key, reply_to, 1)
@@ -35,9 +44,6 @@ if reply_to ~= '' then
     redis.call('PEXPIRE', replies_key, ttl_ms)
     redis.call('PEXPIRE', thread_key, ttl_ms)
   end
-else
-  id = redis.call('XADD', stream, 'MAXLEN', '~', max_len, '*',
-    'from', from, 'to', to, 'text', text, 'n', n)
 end
 if min_id ~= '' then redis.call('XTRIM', stream, 'MINID', '~', min_id) end
 if has_cid then redis.call('SET', cid_key, id, 'EX', cid_ttl_s) end
