@@ -27,6 +27,7 @@ import base64
 import hashlib
 import hmac
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final
@@ -94,22 +95,27 @@ class LoginLimits:
 
 class _Hasher:
     """scrypt off the event loop, on a bounded pool: at most ``queue`` logins wait,
-    each at most ``wait_s``; past either, ``rate_limited`` at once."""
+    each at most ``wait_s``; past either, ``rate_limited`` at once.
+
+    Logins from an address the owner used before go first: a flood of guesses
+    from elsewhere (a botnet guessing many names) queues behind them, so the
+    people who own the names still get in quickly."""
 
     def __init__(self, threads: int, queue: int, wait_s: float = 10.0) -> None:
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="scrypt")
-        self._slots = asyncio.Semaphore(max(1, threads))
+        self._free = max(1, threads)
+        self._lines: tuple[deque[asyncio.Future[None]], ...] = (deque(), deque())
         self._waiting = 0
         self._queue = queue
         self._wait_s = wait_s
 
-    async def run(self, fn: object, *args: object) -> object:
+    async def run(self, fn: object, *args: object, first: bool = False) -> object:
         if self._waiting >= self._queue:
             raise ClientError("rate_limited", "busy checking passwords; try again", retry_after=1)
         self._waiting += 1
         try:
             async with asyncio.timeout(self._wait_s):
-                await self._slots.acquire()
+                await self._acquire(first)
         except TimeoutError:
             raise ClientError(
                 "rate_limited", "busy checking passwords; try again", retry_after=1
@@ -120,7 +126,32 @@ class _Hasher:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._pool, fn, *args)  # type: ignore[arg-type]
         finally:
-            self._slots.release()
+            self._release()
+
+    async def _acquire(self, first: bool) -> None:
+        if self._free and not any(self._lines):
+            self._free -= 1
+            return
+        line = self._lines[0 if first else 1]
+        turn = asyncio.get_running_loop().create_future()
+        line.append(turn)
+        try:
+            await turn
+        except BaseException:
+            if turn.done() and not turn.cancelled():
+                self._release()  # the slot came with the cancel: pass it on
+            elif turn in line:
+                line.remove(turn)
+            raise
+
+    def _release(self) -> None:
+        for line in self._lines:
+            while line:
+                turn = line.popleft()
+                if not turn.done():
+                    turn.set_result(None)
+                    return
+        self._free += 1
 
 
 @boundary
@@ -191,7 +222,7 @@ class Accounts:
             f"for {user}",
         )
         try:
-            account = await self._check(user, password)
+            account = await self._check(user, password, first=known)
         except ClientError as exc:
             if exc.code == "bad_password":  # a wrong guess: it counts everywhere
                 await self._count_failure(name_key, addr_key)
@@ -229,7 +260,7 @@ class Accounts:
             pipe.zremrangebyrank(key, 0, -KNOWN_ADDRESSES_KEPT - 1)
             await pipe.execute()
 
-    async def _check(self, user: str, password: str) -> Account:
+    async def _check(self, user: str, password: str, first: bool = False) -> Account:
         account_key = self.keys.account(user)
         stored = await self.redis.hmget(account_key, ["name", "pw"])
         if stored[1] is None:
@@ -239,7 +270,7 @@ class Accounts:
                 return Account(user, new=True)
             stored = await self.redis.hmget(account_key, ["name", "pw"])
         name, pw_hash = str(stored[0]), str(stored[1])
-        if await self._hash().run(verify_password, password, pw_hash):
+        if await self._hash().run(verify_password, password, pw_hash, first=first):
             self._remember(name)
             return Account(name, new=False)
         raise ClientError("bad_password", f"wrong password for {name}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -26,6 +27,7 @@ from gateway.protocol.ops import GetLog
 from gateway.protocol.textlines import TextCodec
 from gateway.protocol.values import MAX_LIMIT, printable, valid_name
 from gateway.store import LoginLimits, Store
+from gateway.store.accounts import _Hasher
 from gateway.store.keys import Keys, dm_conversation
 from tests.support import RedisServer
 
@@ -409,3 +411,25 @@ async def test_tune_socket_caps_sndbuf_and_turns_on_keepalive() -> None:
         writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_password_checks_from_known_addresses_go_first() -> None:
+    """Issue 9.5: a botnet's guesses (from addresses never seen) queue behind the
+    owners' logins, so a flood of them does not delay the people who own names."""
+    hasher = _Hasher(threads=1, queue=100)
+    order: list[str] = []
+
+    def check(name: str) -> str:
+        time.sleep(0.02)
+        order.append(name)
+        return name
+
+    guesses = [asyncio.create_task(hasher.run(check, f"guess{i}")) for i in range(20)]
+    await asyncio.sleep(0.01)  # the guesses are queued first
+    owner = asyncio.create_task(hasher.run(check, "owner", first=True))
+    cancelled = asyncio.create_task(hasher.run(check, "gone"))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.gather(owner, *guesses)
+    assert order.index("owner") <= 2, order  # not 21st
+    assert "gone" not in order and len(order) == 21
