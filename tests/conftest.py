@@ -26,3 +26,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 async def deployment(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Deployment]:
     async with running(Deployment(redis_server, tmp_path)) as dep:
         yield dep
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[list[RedisServer]]:
+    """A redis-server of the test's own, with persistence (AOF): for restarts. A
+    list, so a test can swap in the server it restarts; all are stopped at the end."""
+    server = RedisServer(tmp_path / "redis", persist=True).start()
+    holder = [server]
+    yield holder
+    for s in holder:
+        s.stop()

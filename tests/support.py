@@ -315,3 +315,19 @@ async def next_of(conn: Connection, kind: str, timeout: float = 5.0) -> dict[str
         ev = await conn.next_event(timeout=max(0.01, deadline - loop.time()))
         if ev.get("type") == kind:
             return ev
+
+
+def doc_recipes(heading: str) -> dict[str, list[str]]:
+    """The redis-cli lines of docs/redis-keys.md under ``heading`` (its first ``sh``
+    block), by the comment line above them: the lines tests run as written."""
+    text = (ROOT / "docs" / "redis-keys.md").read_text()
+    block = text.split(heading, 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    recipes: dict[str, list[str]] = {}
+    current = ""
+    for line in block.strip().splitlines():
+        if line.startswith("#"):
+            current = line.lstrip("# ").strip()
+            recipes[current] = []
+        elif line.strip():
+            recipes.setdefault(current, []).append(line.strip())
+    return recipes

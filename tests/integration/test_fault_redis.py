@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,15 +27,6 @@ from tests.integration.faults import (
     wait_log,
 )
 from tests.support import Deployment, RedisServer, running, start_worker
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[list[RedisServer]]:
-    server = RedisServer(tmp_path / "redis", persist=True).start()
-    holder = [server]
-    yield holder
-    for s in holder:
-        s.stop()
 
 
 @pytest.fixture

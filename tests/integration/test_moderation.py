@@ -16,17 +16,15 @@ import redis.asyncio as aioredis
 
 from client.connection import ChatError, Connection
 from tests.support import (
-    ROOT,
     Deployment,
     RedisServer,
     chat_error,
+    doc_recipes,
     next_of,
     running,
     start_worker,
     wait_for,
 )
-
-DOCS = ROOT / "docs" / "redis-keys.md"
 
 
 def _moderation(
@@ -232,22 +230,6 @@ async def test_reports_racing_at_the_threshold_give_one_ban(
 # -- operators -------------------------------------------------------------------------
 
 
-def _recipes() -> dict[str, list[str]]:
-    """The documented redis-cli lines, by the comment above them."""
-    text = DOCS.read_text()
-    block = text.split("## Moderation with redis-cli", 1)[1].split("```sh", 1)[1]
-    block = block.split("```", 1)[0]
-    recipes: dict[str, list[str]] = {}
-    current = ""
-    for line in block.strip().splitlines():
-        if line.startswith("#"):
-            current = line.lstrip("# ").strip()
-            recipes[current] = []
-        elif line.strip():
-            recipes[current].append(line.strip())
-    return recipes
-
-
 async def _run(redis: aioredis.Redis, prefix: str, recipes: dict[str, list[str]],
                starts: str) -> list[Any]:  # fmt: skip
     (lines,) = [lines for what, lines in recipes.items() if what.startswith(starts)]
@@ -261,7 +243,7 @@ async def _run(redis: aioredis.Redis, prefix: str, recipes: dict[str, list[str]]
 async def test_the_documented_redis_cli_lines_do_what_the_doc_says(
     redis_server: RedisServer, tmp_path: Path, redis: aioredis.Redis
 ) -> None:
-    recipes = _recipes()
+    recipes = doc_recipes("## Moderation with redis-cli")
     dep = _moderation(redis_server, tmp_path, limit=2, window=600, threshold=2, gateways=1)
     async with running(dep):
         p = dep.prefix

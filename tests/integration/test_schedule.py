@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from client.connection import ChatError, Connection
-from tests.support import ROOT, Deployment, RedisServer, running, wait_for
+from tests.support import ROOT, Deployment, RedisServer, doc_recipes, running, wait_for
 
 WORKER_ARGS = ("--rate-limit", "0", "--trim-interval-s", "60")
 
@@ -319,15 +319,6 @@ async def test_a_ban_during_the_wait_stops_the_send_and_tells_the_author(
 # -- restarts ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[list[RedisServer]]:
-    server = RedisServer(tmp_path / "redis", persist=True).start()
-    holder = [server]
-    yield holder
-    for s in holder:
-        s.stop()
-
-
 async def test_pending_messages_survive_a_restart_of_redis_and_of_every_worker(
     own_redis: list[RedisServer], tmp_path: Path
 ) -> None:
@@ -364,24 +355,10 @@ async def test_pending_messages_survive_a_restart_of_redis_and_of_every_worker(
 # -- operators ---------------------------------------------------------------------------
 
 
-def _recipes() -> dict[str, list[str]]:
-    """The documented redis-cli lines, by the comment above them."""
-    text = (ROOT / "docs" / "redis-keys.md").read_text()
-    block = text.split("## Scheduled messages with redis-cli", 1)[1].split("```sh", 1)[1]
-    recipes: dict[str, list[str]] = {}
-    for line in block.split("```", 1)[0].strip().splitlines():
-        if line.startswith("#"):
-            current = line.lstrip("# ").strip()
-            recipes[current] = []
-        elif line.strip():
-            recipes[current].append(line.strip())
-    return recipes
-
-
 async def test_the_documented_redis_cli_lines_do_what_the_doc_says(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    recipes = _recipes()
+    recipes = doc_recipes("## Scheduled messages with redis-cli")
     async with deployment(redis_server, tmp_path) as (dep, _), _redis(dep) as r:
         alice = await dep.login("alice")
         first = await alice.request("schedule", to="#general", text="first", **{"in": 600})
