@@ -103,6 +103,14 @@ class GatewaySettings(StoreSettings):
     write_coalesce_s: float = opt(0.005, "under load, most time output waits to share a write")
     heartbeat_s: float = opt(5.0, "how often the gateway refreshes its presence in Redis")
     shutdown_timeout_s: float = opt(5.0, "seconds to drain clients on SIGTERM")
+    token_ttl_s: int = opt(
+        86_400, "seconds an HTTP token stays good after its last use", "--token-ttl"
+    )
+    http_header_timeout_s: float = opt(
+        10.0, "seconds an HTTP client has to send a request's headers (and between body parts)"
+    )
+    http_keepalive_s: float = opt(60.0, "seconds an idle HTTP keep-alive connection stays open")
+    sse_heartbeat_s: float = opt(15.0, "seconds between keep-alive comments on an event stream")
     uvloop: bool = opt(True, "use uvloop when it is installed")
 
     @property

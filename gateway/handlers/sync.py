@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.errors import ClientError, Unavailable
@@ -29,10 +29,11 @@ from gateway.protocol import (
     format_stream_id,
     parse_stream_id,
 )
+from gateway.protocol.events import Rid
 from gateway.store import other_user
 from gateway.store.messages import PAGE
 
-__all__ = ["login", "status"]
+__all__ = ["attach", "login", "poll", "status", "unread"]
 
 log = logging.getLogger("redchat.sync")
 
@@ -51,32 +52,62 @@ class _Replay:
 
 
 async def login(ctx: Context, cmd: Login) -> None:
+    if ctx.conn.user is not None:
+        raise ClientError("bad_request", f"already logged in as {ctx.conn.user}")
+    account = await ctx.store.accounts.login(cmd.user, cmd.password, ctx.conn.peer_address)
+    await attach(ctx, account.name, account.new, cmd.since, cmd.rid)
+
+
+async def attach(
+    ctx: Context, name: str, new: bool, since: Mapping[str, str] | None, rid: Rid = None
+) -> None:
+    """Go live as ``name``, whose password (or token) was checked: welcome, what is
+    unread, ``synced``, then live events. Used by a login and by ``GET /events``."""
     conn = ctx.conn
-    if conn.user is not None:
-        raise ClientError("bad_request", f"already logged in as {conn.user}")
-    account = await ctx.store.accounts.login(cmd.user, cmd.password, conn.peer_address)
-    await conn.begin_sync(account.name)
+    await conn.begin_sync(name)
     try:
-        plan = await _plan(ctx, cmd.since)
+        plan = await _plan(ctx, since)
         unread = {r.name: r.count for r in plan if r.count}
-        conn.send_event(Welcome(account.name, account.new, unread, ctx.gw.name, rid=cmd.rid))
-        await _replay(ctx, plan)
+        conn.send_event(Welcome(name, new, unread, ctx.gw.name, rid=rid))
+        await _replay(ctx, plan, conn.replay_page)
     except BaseException:
         # Anything short of `synced` leaves the client logged out, free to try again.
         conn.undo_login()
         raise
     conn.finish_sync()
-    conn.send_event(Synced(rid=cmd.rid))
+    conn.send_event(Synced(rid=rid))
     # An owner hears of every request still open, as if it had come just now.
     try:
-        waiting = await ctx.store.rooms.pending_for_owner(account.name)
+        waiting = await ctx.store.rooms.pending_for_owner(name)
         names = await ctx.store.accounts.display_names([user for _, user in waiting])
     except Unavailable as exc:
-        log.warning("could not list join requests for %s: %s", account.name, exc)
+        log.warning("could not list join requests for %s: %s", name, exc)
         return
-    for (room, user), name in zip(waiting, names, strict=True):
-        conn.send_event(JoinRequest(room, name or user))
-    log.info("login user=%s new=%s peer=%s", account.name, account.new, conn.peer_address)
+    for (room, user), shown in zip(waiting, names, strict=True):
+        conn.send_event(JoinRequest(room, shown or user))
+    log.info("login user=%s new=%s peer=%s", name, new, conn.peer_address)
+
+
+async def unread(ctx: Context) -> dict[str, int]:
+    """{conversation as the user names it: unread count}, as a login's welcome has."""
+    return {r.name: r.count for r in await _plan(ctx, None) if r.count}
+
+
+async def poll(ctx: Context, most: int) -> tuple[list[Message], bool]:
+    """What is unread in every conversation, oldest first, at most ``most`` of it, and
+    whether more is left. The user's cursors move past it, so every client of theirs
+    counts it as read (a poll is a delivery, like a live one)."""
+    got: list[Message] = []
+    moved: dict[str, str] = {}
+
+    async def take(conversation: str, page: list[Message]) -> None:
+        got.extend(page)
+        moved[conversation] = page[-1].id
+
+    more = await _replay(ctx, await _plan(ctx, None), take, most)
+    if moved:
+        await ctx.store.cursors.advance({ctx.user: moved})
+    return got, more
 
 
 async def _plan(ctx: Context, since: Mapping[str, str] | None) -> list[_Replay]:
@@ -107,8 +138,12 @@ async def _plan(ctx: Context, since: Mapping[str, str] | None) -> list[_Replay]:
     return plan
 
 
-async def _replay(ctx: Context, plan: list[_Replay]) -> None:
-    """Everything unread, oldest first across conversations, a page at a time."""
+Sink = Callable[[str, list[Message]], Awaitable[None]]
+
+
+async def _replay(ctx: Context, plan: list[_Replay], sink: Sink, most: int | None = None) -> bool:
+    """Everything unread, oldest first across conversations, a page at a time, to
+    ``sink``; at most ``most`` messages (True when that left some out)."""
     messages, limit = ctx.store.messages, ctx.settings.replay_max
     sources: list[_Source] = []
     for item in plan:
@@ -136,11 +171,17 @@ async def _replay(ctx: Context, plan: list[_Replay]) -> None:
         bound = heap[0][0] if heap else None
         while src.buffer and (bound is None or src.buffer[0].key < bound):
             run.append(src.buffer.pop(0))
-        await ctx.conn.replay_page(src.conversation, run)
+        if most is not None:
+            if len(run) >= most:
+                await sink(src.conversation, run[:most])
+                return True
+            most -= len(run)
+        await sink(src.conversation, run)
         if not src.buffer:
             await src.fill(ctx, page)
         if src.buffer:
             heapq.heappush(heap, (src.buffer[0].key, i))
+    return False
 
 
 @dataclass(slots=True)

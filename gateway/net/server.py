@@ -58,6 +58,7 @@ class Gateway:
                 scrypt_queue=settings.scrypt_queue,
             ),
             moderation=ModerationLimits.of(settings, settings.idempotency_ttl_s),
+            token_ttl_s=settings.token_ttl_s,
         )
         self.hub = Hub(
             redis_url,

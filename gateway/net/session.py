@@ -38,10 +38,13 @@ import time
 from typing import TYPE_CHECKING, Final, cast
 
 from gateway.errors import ClientError, Unavailable
+from gateway.handlers import sync
 from gateway.handlers.context import Context
 from gateway.handlers.dispatch import dispatch
+from gateway.net.http import HttpExchange
 from gateway.net.outbox import Outbox, reset_on_close, tune_socket
 from gateway.protocol import (
+    Bye,
     Codec,
     Command,
     Error,
@@ -60,8 +63,10 @@ from gateway.protocol import (
     Send,
     TextCodec,
     detect_framing,
-    http_not_implemented,
 )
+from gateway.protocol.events import LoggedOut
+from gateway.protocol.http import HttpCodec, HttpReject, HttpRequest, error_body
+from gateway.store.tokens import digest_of
 
 if TYPE_CHECKING:
     from gateway.net.server import Gateway
@@ -78,6 +83,7 @@ ERROR_BURST: Final = 50
 READS: Final = (GetStatus, GetHistory, GetLog, GetThread, GetMembers, ListRooms)
 MAX_HELD_EVENTS: Final = 100  # pushed events kept while a login or re-sync runs
 ERROR_RATE: Final = 5.0
+TOKEN_RECHECK_S: Final = 60.0  # an event stream ends within this of its token's end
 
 
 class State(enum.Enum):
@@ -147,6 +153,14 @@ class Session(asyncio.Protocol):
         self._errors = TokenBucket(ERROR_RATE, ERROR_BURST)
         self._sends = TokenBucket(s.conn_send_rate, s.conn_send_burst)
         self._reads = TokenBucket(s.conn_send_rate, s.conn_send_burst)  # status, history, ...
+        # HTTP only
+        self.http: HttpExchange | None = None
+        self.token_id: str | None = None  # an event stream's token (digest start)
+        self._token = ""
+        self._request_began = 0.0
+        self._heartbeat_at = 0.0
+        self._token_checked = 0.0
+        self._token_task: asyncio.Task[None] | None = None
 
     # -- state ------------------------------------------------------------------
     def _to(self, new: State) -> None:
@@ -192,12 +206,12 @@ class Session(asyncio.Protocol):
                 return
             self._first = b""
             if framing is Framing.HTTP:
-                assert self.outbox is not None
-                self.outbox.write_now(http_not_implemented())
-                self._close_transport()
-                return
-            self._start(JsonCodec if framing is Framing.JSON else TextCodec)
+                self._start_http()
+            else:
+                self._start(JsonCodec if framing is Framing.JSON else TextCodec)
         assert self.codec is not None
+        if self.http is not None and not self.codec.partial:  # type: ignore[attr-defined]
+            self._request_began = self.last_heard
         self.codec.push(data)
         if self.codec.buffered > MAX_UNREAD_BYTES and not self._reading_paused:
             assert self.transport is not None
@@ -228,11 +242,18 @@ class Session(asyncio.Protocol):
         self.codec = codec_class(s.max_line_bytes, s.max_text_chars)
         self._to(State.GUEST)
 
+    def _start_http(self) -> None:
+        s = self.settings
+        codec = HttpCodec(s.max_line_bytes, s.max_text_chars)
+        self.codec = codec
+        self.http = HttpExchange(self, codec)
+        self._to(State.GUEST)
+
     def connection_lost(self, exc: Exception | None) -> None:
         was = self.state
         if was is not State.CLOSED:
             self._to(State.CLOSED)
-        for task in (self._worker, self._room_worker):
+        for task in (self._worker, self._room_worker, self._token_task):
             if task is not None and not task.done():
                 task.cancel()
         if self.outbox is not None:
@@ -306,7 +327,11 @@ class Session(asyncio.Protocol):
             return
         if not flush:
             self.outbox.discard()
-        self.outbox.write_now((self.codec or TextCodec()).encode(ev) if ev is not None else b"")
+        codec = self.codec or TextCodec()
+        data = codec.encode(ev) if ev is not None else b""
+        if isinstance(codec, HttpCodec):
+            data += codec.end_stream()  # an event stream ends cleanly
+        self.outbox.write_now(data)
         self._close_transport()
 
     def _close_transport(self) -> None:
@@ -325,12 +350,87 @@ class Session(asyncio.Protocol):
         if self.state is State.CLOSED or self.transport is None or self.transport.is_closing():
             return
         s = self.settings
-        if self.user is None and now - self.created > s.login_timeout_s and self.busy is None:
+        if isinstance(self.codec, HttpCodec):
+            self._http_timers(self.codec, now)
+        elif self.user is None and now - self.created > s.login_timeout_s and self.busy is None:
             self.close_with(Error("not_logged_in", f"no login within {s.login_timeout_s:g} s"))
         elif s.idle_timeout_s and now - self.last_heard > s.idle_timeout_s:
             self.close_with(Error("idle", f"nothing received for {s.idle_timeout_s:g} s; closing"))
         elif self.outbox is not None and self.outbox.stalled_for(now) > s.stall_timeout_s:
             self._stalled()
+
+    def _http_timers(self, codec: HttpCodec, now: float) -> None:
+        """Bounds of an HTTP connection: a request arrives in time, an idle keep-alive
+        connection goes, an event stream gets its heartbeat and its token checked."""
+        s = self.settings
+        assert self.outbox is not None
+        if codec.streaming:
+            if self.outbox.stalled_for(now) > s.stall_timeout_s:
+                self._stalled()
+            elif now - self._heartbeat_at >= s.sse_heartbeat_s:
+                self._heartbeat_at = now
+                self.outbox.write(codec.comment())
+            if now - self._token_checked >= TOKEN_RECHECK_S and self._token_task is None:
+                self._token_checked = now
+                self._token_task = asyncio.create_task(self._recheck_token())
+            return
+        if self.busy is not None:
+            return
+        if codec.partial:
+            began = self.last_heard if codec.reading_body else self._request_began
+            if now - began > s.http_header_timeout_s:
+                log.info("http peer=%s: request not complete in time, closing", self.peer)
+                self.outbox.write_now(
+                    codec.respond(408, error_body("timeout", "request not received in time"))
+                )
+                self._close_transport()
+        elif now - self.last_heard > s.http_keepalive_s:
+            self._close_transport()
+
+    async def _recheck_token(self) -> None:
+        """A stream's token could end without its logout event reaching us (it expired,
+        or pub/sub was down when it was revoked): look it up now and then."""
+        try:
+            if await self.gw.store.tokens.user_of(self._token) is None:
+                self.close_with(Bye())
+        except Unavailable:
+            pass  # Redis is down: the stream waits, as every session does
+        finally:
+            self._token_task = None
+
+    async def start_events(self, user: str, token: str, resume: dict[str, str]) -> None:
+        """``GET /events``: this connection becomes ``user``'s live session, in SSE form,
+        resuming after ``resume`` ({conversation: id}) and the user's cursors."""
+        codec, outbox = self.codec, self.outbox
+        assert isinstance(codec, HttpCodec) and outbox is not None
+        self.token_id, self._token = digest_of(token)[:16], token
+        outbox.write(codec.start_stream(user, resume), bounded=False)
+        self._heartbeat_at = self._token_checked = time.monotonic()
+        error = None
+        try:
+            await sync.attach(self.ctx, user, False, resume or None)
+        except ClientError as exc:
+            error = Error(exc.code, exc.message, extra=exc.extra)
+        except Unavailable:
+            error = Error("unavailable", "chat storage is unreachable; try again shortly")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("bug while starting an event stream user=%s peer=%s", user, self.peer)
+            error = Error("internal", "internal error; it has been logged")
+        if error is not None:
+            self.close_with(error)
+        else:
+            log.info("http events user=%s peer=%s resume=%d", user, self.peer, len(resume))
+
+    async def write_answer(self, data: bytes) -> None:
+        """An HTTP answer, written at once; the next request waits until it is read."""
+        assert self.outbox is not None
+        self.outbox.write(data, bounded=False)
+        await self._drain()
+        codec = self.codec
+        if isinstance(codec, HttpCodec) and codec.must_close and not codec.streaming:
+            self.close_with()
 
     # -- live delivery (called by the hub, never awaits) -------------------------------
     def deliver(self, conversation: str, msg: Message) -> None:
@@ -347,6 +447,10 @@ class Session(asyncio.Protocol):
     def push(self, ev: Event) -> None:
         """An event published to the user (a warning, ...): live, or after the sync.
         Joining or leaving a room also changes what this session receives."""
+        if isinstance(ev, LoggedOut):
+            if ev.token == self.token_id:
+                self.close_with(Bye())  # its token was revoked
+            return
         if self.state is State.LIVE and isinstance(ev, Joined | Left):
             self._room_changes.append(ev)
             if self._room_worker is None or self._room_worker.done():
@@ -483,6 +587,9 @@ class Session(asyncio.Protocol):
         served = 0
         while self.state is not State.CLOSED and self.codec is not None:
             item = self.codec.next()
+            if self.http is not None and (out := self.http.codec.take_output()):
+                assert self.outbox is not None
+                self.outbox.write(out, bounded=False)  # 100 Continue
             if item is None:
                 break
             self._resume_reading_if_drained()
@@ -508,30 +615,46 @@ class Session(asyncio.Protocol):
         if self.state is not State.CLOSED:
             self.close_with()
 
-    async def _serve(self, item: Command | Error) -> None:
+    async def _serve(self, item: Command | Error | HttpRequest | HttpReject) -> None:
         if isinstance(item, Error):
             self._error(item)
-            return
-        rid = getattr(item, "rid", None)
+        elif isinstance(item, HttpRequest | HttpReject):
+            assert self.http is not None
+            await self.http.serve(item)
+        elif (error := await self.run(self.ctx, item)) is not None:
+            if error.code in ("unavailable", "internal"):
+                self.send_event(error)  # not the client's fault: not counted against it
+            else:
+                self._error(error)
+
+    async def run(self, ctx: Context, cmd: Command) -> Error | None:
+        """Run one command for ``ctx.conn`` (this session, or one HTTP request on it):
+        the connection's rate limits, then its handler. A peer's mistake, or Redis
+        being down, comes back as the error to answer with; a bug is logged."""
+        rid = getattr(cmd, "rid", None)
+        user = ctx.conn.user
         try:
-            if isinstance(item, Send) and self.user is not None:
+            if isinstance(cmd, Send) and user is not None:
                 self._check_send_rate(self._sends, "messages")
-            elif isinstance(item, READS) and self.user is not None:
+            elif isinstance(cmd, READS) and user is not None:
                 self._check_send_rate(self._reads, "requests for history or status")
-            await dispatch(self.ctx, item, self.codec.login_hint if self.codec else "")
+            await dispatch(ctx, cmd, self.codec.login_hint if self.codec else "")
         except ClientError as exc:
-            self._error(Error(exc.code, exc.message, rid=rid, extra=exc.extra))
-            self._log_error(exc.code, exc.message)
+            self._log_error(user, exc.code, exc.message)
+            return Error(exc.code, exc.message, rid=rid, extra=exc.extra)
         except Unavailable as exc:
-            self.send_event(
-                Error("unavailable", "chat storage is unreachable; try again shortly", rid=rid)
-            )
-            self._log_error("unavailable", str(exc))
+            self._log_error(user, "unavailable", str(exc))
+            return Error("unavailable", "chat storage is unreachable; try again shortly", rid=rid)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("bug while serving user=%s peer=%s", self.user, self.peer)
-            self.send_event(Error("internal", "internal error; it has been logged", rid=rid))
+            log.exception("bug while serving user=%s peer=%s", user, self.peer)
+            return Error("internal", "internal error; it has been logged", rid=rid)
+        return None
+
+    def count_error(self) -> bool:
+        """Count an error answer; True when the client earns them too fast (close it)."""
+        return bool(self._errors.take())
 
     def _check_send_rate(self, bucket: TokenBucket, what: str) -> None:
         wait = bucket.take()
@@ -550,5 +673,5 @@ class Session(asyncio.Protocol):
             return
         self.send_event(ev)
 
-    def _log_error(self, code: str, message: str) -> None:
-        log.info("error user=%s peer=%s code=%s %s", self.user, self.peer, code, message)
+    def _log_error(self, user: str | None, code: str, message: str) -> None:
+        log.info("error user=%s peer=%s code=%s %s", user, self.peer, code, message)

@@ -53,7 +53,6 @@ from gateway.protocol.framing import (
     Framing,
     LineSplitter,
     detect_framing,
-    http_not_implemented,
 )
 from gateway.protocol.jsonlines import JsonCodec
 from gateway.protocol.ops import (
@@ -150,7 +149,6 @@ __all__ = [
     "dumps",
     "event_to_dict",
     "format_stream_id",
-    "http_not_implemented",
     "message_from_dict",
     "message_json_tail",
     "parse_stream_id",

@@ -27,6 +27,7 @@ __all__ = [
     "Left",
     "LinkResult",
     "LogResult",
+    "LoggedOut",
     "MembersResult",
     "Message",
     "Notice",
@@ -50,6 +51,7 @@ __all__ = [
     "Welcome",
     "dumps",
     "event_to_dict",
+    "message_dict",
     "message_from_dict",
     "message_json_tail",
     "pushed_from_dict",
@@ -334,6 +336,15 @@ class Bye:
     rid: Rid = None
 
 
+@dataclass(frozen=True, slots=True)
+class LoggedOut:
+    """An HTTP token was revoked (published to its user): the live streams opened
+    with it end. ``token`` is the start of its digest; never sent to a client."""
+
+    token: str
+    rid: Rid = None
+
+
 Event = (
     Message
     | Ack
@@ -362,6 +373,7 @@ Event = (
     | Notice
     | Pong
     | Bye
+    | LoggedOut
 )
 
 
@@ -409,6 +421,11 @@ def _message_dict(m: Message) -> dict[str, Any]:
     if m.replay:
         d["replay"] = True
     return d
+
+
+def message_dict(m: Message) -> dict[str, Any]:
+    """A message's JSON object (as in a ``history`` list)."""
+    return _message_dict(m)
 
 
 def event_to_dict(ev: Event) -> dict[str, Any]:
@@ -529,6 +546,8 @@ def event_to_dict(ev: Event) -> dict[str, Any]:
             d = {"type": "pong"}
         case Bye():
             d = {"type": "bye"}
+        case LoggedOut():
+            d = {"type": "logout"}
     if ev.rid is not None:
         d["rid"] = ev.rid
     return d
@@ -610,6 +629,8 @@ def pushed_from_dict(d: Mapping[str, Any]) -> Event | None:
             )  # fmt: skip
         case "notice":
             return Notice(str(d["text"]))
+        case "logout":
+            return LoggedOut(str(d["token"]))
         case "warning":
             until = d.get("banned_until")
             return ReportWarning(

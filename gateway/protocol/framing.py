@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from typing import Final
 
-from gateway.protocol.events import Error, Event, dumps
+from gateway.protocol.events import Error, Event
 from gateway.protocol.ops import Command, Reject
 
 __all__ = [
@@ -22,7 +22,6 @@ __all__ = [
     "Framing",
     "LineSplitter",
     "detect_framing",
-    "http_not_implemented",
 ]
 
 # Every method a client could open with (RFC 9110 and PATCH), and the HTTP/2
@@ -186,16 +185,3 @@ def decode_line(line: bytes) -> str:
         return line.decode("utf-8")
     except UnicodeDecodeError:
         raise Reject("bad_request", "line is not valid UTF-8") from None
-
-
-def http_not_implemented() -> bytes:
-    body = dumps(
-        {"type": "error", "code": "not_implemented", "message": "HTTP API not available yet"}
-    )
-    head = (
-        "HTTP/1.1 501 Not Implemented\r\n"
-        "Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
-    )
-    return head.encode() + body

@@ -9,6 +9,8 @@
     presence.py  gateways alive and who is on each
     moderation.py  the public-chat rate limit, reports, bans
     rooms.py     rooms, members, join requests, invite links
+    schedules.py scheduled messages
+    tokens.py    the HTTP API's bearer tokens
 
 ``Store`` holds one of each and the conversions between a conversation's id and
 its name from a reader's side. The store knows nothing about sockets or
@@ -35,6 +37,7 @@ from gateway.store.redis import REDIS_DOWN, Scripts, boundary, make_redis
 from gateway.store.rooms import Rooms
 from gateway.store.schedules import Schedules
 from gateway.store.time import now_ms
+from gateway.store.tokens import Tokens
 
 __all__ = [
     "GENERAL",
@@ -71,6 +74,7 @@ class Store:
         idempotency_ttl_s: int = 300,
         login: LoginLimits | None = None,
         moderation: ModerationLimits | None = None,
+        token_ttl_s: int = 86_400,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -92,6 +96,7 @@ class Store:
         limits = moderation or ModerationLimits(rate_limit=0, idempotency_ttl_s=idempotency_ttl_s)
         self.moderation = Moderation(redis, keys, self.scripts, limits)
         self.schedules = Schedules(redis, keys, self.scripts)
+        self.tokens = Tokens(redis, keys, token_ttl_s)
 
     def forget_cached(self) -> None:
         """Redis may have lost data (it restarted): look everything up again."""

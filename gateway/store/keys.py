@@ -93,6 +93,16 @@ class Keys:
         room's ``members`` is the truth; this is the user's side, for logins."""
         return f"{self.prefix}:{{u:{user.lower()}}}:rooms"
 
+    def user_tokens(self, user: str) -> str:
+        """Sorted set: digest of each of the user's HTTP tokens -> when it was made (ms);
+        the oldest go past ``MAX_TOKENS_PER_USER``. The ``token`` keys are the truth."""
+        return f"{self.prefix}:{{u:{user.lower()}}}:tokens"
+
+    def token(self, digest: str) -> str:
+        """String: an HTTP bearer token's SHA-256 (never the token) -> the user's display
+        name; expires ``--token-ttl`` after its last use. Deleting it logs that client out."""
+        return f"{self.prefix}:token:{digest}"
+
     def user_channel(self, user: str) -> str:
         """Pub/sub channel for events addressed to one user (direct messages)."""
         return f"{self.prefix}:{{u:{user.lower()}}}:events"

@@ -20,7 +20,6 @@ from gateway.protocol.framing import (
     Framing,
     LineSplitter,
     detect_framing,
-    http_not_implemented,
 )
 from gateway.protocol.jsonlines import JsonCodec
 from gateway.protocol.ops import GetLog
@@ -91,19 +90,6 @@ def test_detect_framing_waits_on_method_prefix_and_picks_text_otherwise() -> Non
     assert detect_framing(b"PRI *") is None
     assert detect_framing(b"hello\n") is Framing.TEXT
     assert detect_framing(b'{"op":"ping"}\n') is Framing.JSON
-
-
-def test_http_not_implemented_body() -> None:
-    raw = http_not_implemented()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 501 ")
-    assert f"Content-Length: {len(body)}".encode() in head
-    assert json.loads(body)["code"] == "not_implemented"
-
-
-# ---------------------------------------------------------------------------
-# JsonCodec
-# ---------------------------------------------------------------------------
 
 
 def _one(codec: JsonCodec | TextCodec, line: bytes) -> Any:

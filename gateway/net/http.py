@@ -1,0 +1,245 @@
+"""The HTTP API's asyncio side: answers one connection's requests, in order.
+
+What a request means (routes, bodies, status codes) is ``gateway.protocol.http``.
+Commands run through the session's one path (``Session.run``, then ``dispatch``),
+the same as JSON and text lines, with a ``RequestConn`` that collects the events a
+handler emits instead of writing them; the answer is the reply event's JSON. So
+authorization, limits and moderation are written once, and a new op is served
+here without touching this module.
+
+``GET /events`` makes the connection a live session (``Session.start_events``):
+from then on it is delivered to as a JSON-lines client is, in SSE form.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+from gateway.errors import ClientError, Unavailable
+from gateway.handlers import sync
+from gateway.handlers.context import Context
+from gateway.protocol import Error, Event, Login, Message, event_to_dict
+from gateway.protocol.events import message_dict
+from gateway.protocol.http import (
+    HttpCodec,
+    HttpReject,
+    HttpRequest,
+    RouteKind,
+    allowed,
+    command_of,
+    error_body,
+    parse_resume,
+    route_of,
+    status_of,
+)
+from gateway.protocol.ops import Reject
+
+if TYPE_CHECKING:
+    from gateway.net.session import Session
+
+__all__ = ["HttpExchange", "RequestConn"]
+
+log = logging.getLogger("redchat.http")
+
+POLL_MOST: Final = 500  # messages one GET /messages returns; "more" says to ask again
+
+
+# who asked (None before the token is checked), status, body, headers
+_Served = tuple[str | None, int, dict[str, Any], dict[str, str]]
+
+
+class RequestConn:
+    """``Conn`` for one HTTP request: what a handler emits is kept for the answer."""
+
+    def __init__(self, user: str | None, peer_address: str) -> None:
+        self.user = user
+        self.peer_address = peer_address
+        self.last_sent: dict[str, tuple[int, int]] = {}
+        self.events: list[Event] = []
+
+    def send_event(self, ev: Event) -> None:
+        self.events.append(ev)
+
+    async def send_paced(self, ev: Event) -> None:
+        self.events.append(ev)
+
+    def close_with(self, ev: Event | None = None) -> None:
+        if ev is not None:
+            self.events.append(ev)
+
+    def switch_to(self, conversation: str) -> None:
+        pass  # a request has no "where plain lines go"
+
+    async def begin_sync(self, user: str) -> None:
+        raise ClientError("bad_request", "over HTTP, log in with POST /connect")
+
+    def undo_login(self) -> None:
+        pass
+
+    def begin_resync(self) -> bool:
+        return False
+
+    def finish_sync(self) -> None:
+        pass
+
+    async def replay_page(self, conversation: str, page: list[Message]) -> None:
+        raise AssertionError("a request does not replay; GET /messages polls")
+
+
+class _Answer(Exception):
+    """Stop serving a request and answer it with this status and body."""
+
+    def __init__(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None):
+        super().__init__(status)
+        self.status = status
+        self.body = body
+        self.headers = headers or {}
+
+
+def _refuse(status: int, code: str, message: str, **headers: str) -> _Answer:
+    return _Answer(status, error_body(code, message), headers)
+
+
+class HttpExchange:
+    """Serves the requests of one HTTP connection (its session's worker calls it)."""
+
+    def __init__(self, session: Session, codec: HttpCodec) -> None:
+        self.session = session
+        self.codec = codec
+        self.gw = session.gw
+
+    async def serve(self, item: HttpRequest | HttpReject) -> None:
+        start = time.monotonic()
+        if isinstance(item, HttpReject):
+            await self._write(item.status, error_body(item.code, item.message), head=False)
+            log.info("http - - %d peer=%s: %s", item.status, self.session.peer, item.message)
+            return
+        user: str | None = None
+        try:
+            user, status, body, headers = await self._route(item)
+        except _Answer as answer:
+            status, body, headers = answer.status, answer.body, answer.headers
+        except Unavailable as exc:
+            status, headers = 503, {"Retry-After": "1"}
+            body = error_body("unavailable", "chat storage is unreachable; try again shortly")
+            log.warning("http unavailable: %s", exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("bug serving %s %s peer=%s", item.method, item.path, self.session.peer)
+            status, headers = 500, {}
+            body = error_body("internal", "internal error; it has been logged")
+        if status >= 400 and self.session.count_error():
+            headers["Connection"] = "close"
+        if status:  # 0: the answer is a stream, already under way
+            await self._write(status, body, head=item.head, headers=headers)
+        log.info(
+            "http %s %s %d user=%s peer=%s %.1fms",
+            item.method, item.path, status or 200, user, self.session.peer,
+            (time.monotonic() - start) * 1000,
+        )  # fmt: skip
+
+    async def _write(
+        self, status: int, body: dict[str, Any] | None, *, head: bool,
+        headers: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        close = (headers or {}).pop("Connection", "") == "close"
+        data = self.codec.respond(status, body, head=head, headers=headers, close=close)
+        await self.session.write_answer(data)
+
+    # -- routes -----------------------------------------------------------------------
+    async def _route(self, req: HttpRequest) -> _Served:
+        route = route_of(req.path)
+        if route is None:
+            raise _refuse(404, "not_found", f"no such path: {req.path[:100]}")
+        methods = allowed(route)
+        if req.method == "OPTIONS":
+            return None, 204, {}, {"Allow": ", ".join(methods)}
+        if req.method not in methods:
+            raise _refuse(
+                405, "bad_request", f"{req.method[:20]} is not allowed on {req.path}",
+                Allow=", ".join(methods),
+            )  # fmt: skip
+        if route.kind is RouteKind.CONNECT:
+            return await self._connect(req)
+        token = req.bearer()
+        user = await self.gw.store.tokens.user_of(token) if token else None
+        if token is None or user is None:
+            raise _refuse(
+                401, "not_logged_in",
+                "send 'Authorization: Bearer <token>'; POST /connect gives one"
+                if token is None else "this token is unknown, expired or revoked",
+                **{"WWW-Authenticate": 'Bearer realm="redchat"'},
+            )  # fmt: skip
+        ctx = Context(self.gw, RequestConn(user, self.session.peer_address))
+        if req.head and route.kind in (RouteKind.POLL, RouteKind.EVENTS):
+            return user, 200, {}, {}  # a HEAD has no effects: no poll, no stream
+        match route.kind:
+            case RouteKind.DISCONNECT:
+                await self.gw.store.tokens.revoke(token)
+                log.info("http logout user=%s peer=%s", user, self.session.peer)
+                return user, 200, {"type": "bye"}, {}
+            case RouteKind.POLL:
+                messages, more = await sync.poll(ctx, POLL_MOST)
+                body = {"type": "messages", "messages": [message_dict(m) for m in messages],
+                        "more": more}  # fmt: skip
+                return user, 200, body, {}
+            case RouteKind.EVENTS:
+                resume = self._resume(req)
+                await self.session.start_events(user, token, resume)
+                return user, 0, {}, {}
+        cmd = self._command(req, route.op)
+        return user, *self._reply(await self.session.run(ctx, cmd), ctx)
+
+    def _command(self, req: HttpRequest, op: str) -> Any:
+        try:
+            return command_of(req, op, self.codec.ctx)
+        except Reject as exc:
+            raise _refuse(status_of(exc.code), exc.code, exc.message) from None
+
+    def _resume(self, req: HttpRequest) -> dict[str, str]:
+        text = req.headers.get("last-event-id") or req.query.get("last_event_id") or ""
+        try:
+            return parse_resume(text)
+        except Reject as exc:
+            raise _refuse(400, exc.code, exc.message) from None
+
+    def _reply(
+        self, error: Error | None, ctx: Context
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        events = ctx.conn.events if isinstance(ctx.conn, RequestConn) else []
+        error = error or next((e for e in events if isinstance(e, Error)), None)
+        if error is not None:
+            headers = {}
+            if "retry_after" in error.extra:
+                headers["Retry-After"] = str(error.extra["retry_after"])
+            return status_of(error.code), event_to_dict(error), headers
+        if not events:
+            return 200, {"type": "ok"}, {}
+        body = event_to_dict(events[0])
+        if len(events) > 1:
+            body["events"] = [event_to_dict(e) for e in events[1:]]
+        return 200, body, {}
+
+    async def _connect(self, req: HttpRequest) -> _Served:
+        cmd = self._command(req, "login")
+        assert isinstance(cmd, Login)
+        store = self.gw.store
+        try:
+            account = await store.accounts.login(cmd.user, cmd.password, self.session.peer_address)
+        except ClientError as exc:
+            answer = _refuse(status_of(exc.code), exc.code, exc.message)
+            answer.body.update(exc.extra)
+            if "retry_after" in exc.extra:
+                answer.headers["Retry-After"] = str(exc.extra["retry_after"])
+            raise answer from None
+        token = await store.tokens.create(account.name)
+        ctx = Context(self.gw, RequestConn(account.name, self.session.peer_address))
+        unread = await sync.unread(ctx)
+        log.info("http login user=%s new=%s peer=%s", account.name, account.new, self.session.peer)
+        body = {"type": "connected", "token": token, "user": account.name, "new": account.new,
+                "unread": unread, "gateway": self.gw.name}  # fmt: skip
+        return account.name, 200, body, {}

@@ -1,0 +1,79 @@
+"""Bearer tokens of the HTTP API: made at ``POST /connect``, good on every gateway.
+
+Redis keeps a token's SHA-256, never the token, so whoever reads Redis cannot
+act as its user. Each use extends its life (GETEX); a user keeps at most
+``MAX_TOKENS_PER_USER``, the oldest going first. Revoking one publishes a
+``logout`` event on the user's channel, which ends the live streams opened
+with it on any gateway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from typing import Final
+
+from redis.asyncio import Redis
+
+from gateway.store.keys import Keys
+from gateway.store.redis import boundary
+from gateway.store.time import now_ms
+
+__all__ = ["MAX_TOKENS_PER_USER", "Tokens", "digest_of"]
+
+MAX_TOKENS_PER_USER: Final = 100
+TOKEN_BYTES: Final = 24  # 192 random bits, 32 characters in base64url
+
+
+def digest_of(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@boundary
+class Tokens:
+    def __init__(self, redis: Redis, keys: Keys, ttl_s: int) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.ttl_s = ttl_s
+
+    async def create(self, user: str) -> str:
+        """A new token for ``user`` (display name)."""
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        digest = digest_of(token)
+        index = self.keys.user_tokens(user)
+        await self.redis.set(self.keys.token(digest), user, ex=self.ttl_s)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(index, {digest: now_ms()})
+            pipe.zrange(index, 0, -MAX_TOKENS_PER_USER - 1)
+            pipe.expire(index, self.ttl_s)
+            _, old, _ = await pipe.execute()
+        if old:
+            await self._drop(user, [str(d) for d in old])
+        return token
+
+    async def user_of(self, token: str) -> str | None:
+        """The display name a token stands for (its life extended), or None."""
+        if not token or len(token) > 256:
+            return None
+        name = await self.redis.getex(self.keys.token(digest_of(token)), ex=self.ttl_s)
+        return None if name is None else str(name)
+
+    async def revoke(self, token: str) -> str | None:
+        """End a token; the user it stood for, or None when it was no longer good."""
+        digest = digest_of(token)
+        name = await self.redis.getdel(self.keys.token(digest))
+        if name is None:
+            return None
+        await self._drop(str(name), [digest])
+        return str(name)
+
+    async def _drop(self, user: str, digests: list[str]) -> None:
+        event = {"type": "logout", "token": ""}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.keys.user_tokens(user), *digests)
+            for digest in digests:
+                pipe.delete(self.keys.token(digest))
+                event["token"] = digest[:16]
+                pipe.publish(self.keys.user_channel(user), json.dumps(event, separators=(",", ":")))
+            await pipe.execute()
