@@ -112,6 +112,16 @@ class HttpExchange:
         self.gw = session.gw
 
     async def serve(self, item: HttpRequest | HttpReject) -> None:
+        try:
+            await self._serve(item)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug past the point of answering: the connection cannot go on.
+            log.exception("bug answering HTTP peer=%s", self.session.peer)
+            self.session.abort()
+
+    async def _serve(self, item: HttpRequest | HttpReject) -> None:
         start = time.monotonic()
         if isinstance(item, HttpReject):
             await self._write(item.status, error_body(item.code, item.message), head=False)

@@ -84,6 +84,8 @@ READS: Final = (GetStatus, GetHistory, GetLog, GetThread, GetMembers, ListRooms)
 MAX_HELD_EVENTS: Final = 100  # pushed events kept while a login or re-sync runs
 ERROR_RATE: Final = 5.0
 TOKEN_RECHECK_S: Final = 60.0  # an event stream ends within this of its token's end
+MIN_BODY_RATE: Final = 16 * 1024  # bytes/s an HTTP body must average, on top of the timeout
+LINGER_S: Final = 2.0  # an HTTP connection closing reads (and drops) its input this long
 
 
 class State(enum.Enum):
@@ -161,6 +163,7 @@ class Session(asyncio.Protocol):
         self._heartbeat_at = 0.0
         self._token_checked = 0.0
         self._token_task: asyncio.Task[None] | None = None
+        self._lingering = False
 
     # -- state ------------------------------------------------------------------
     def _to(self, new: State) -> None:
@@ -195,7 +198,7 @@ class Session(asyncio.Protocol):
             self.close_with(Error("forbidden", "too many connections from your address"))
 
     def data_received(self, data: bytes) -> None:
-        if self.state is State.CLOSED or self._eof:
+        if self.state is State.CLOSED or self._eof or self._lingering:
             return
         self.last_heard = time.monotonic()
         if self.codec is None:
@@ -221,6 +224,8 @@ class Session(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         """The client half-closed: answer every line it sent, then close."""
+        if self._lingering:
+            return False
         self._eof = True
         if self.codec is None:
             if self._first:
@@ -315,7 +320,7 @@ class Session(asyncio.Protocol):
             self.outbox.discard()
         if self.transport is not None:
             reset_on_close(self.transport)
-        self._abort()
+        self.abort()
 
     def switch_to(self, conversation: str) -> None:
         if isinstance(self.codec, TextCodec):
@@ -341,7 +346,7 @@ class Session(asyncio.Protocol):
         transport.close()
         asyncio.get_running_loop().call_later(2.0, transport.abort)
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
 
@@ -377,15 +382,37 @@ class Session(asyncio.Protocol):
         if self.busy is not None:
             return
         if codec.partial:
-            began = self.last_heard if codec.reading_body else self._request_began
-            if now - began > s.http_header_timeout_s:
+            timeout = s.http_header_timeout_s
+            if codec.reading_body:
+                timeout += codec.body_limit / MIN_BODY_RATE
+            if now - self._request_began > timeout or now - self.last_heard > timeout:
                 log.info("http peer=%s: request not complete in time, closing", self.peer)
-                self.outbox.write_now(
-                    codec.respond(408, error_body("timeout", "request not received in time"))
+                self.outbox.write(
+                    codec.respond(408, error_body("timeout", "request not received in time")),
+                    bounded=False,
                 )
-                self._close_transport()
+                self.linger_close()
         elif now - self.last_heard > s.http_keepalive_s:
             self._close_transport()
+
+    def linger_close(self) -> None:
+        """Close an HTTP connection after its last answer without losing that answer:
+        the client may still be sending (a body that was refused), and closing with
+        input unread would reset the connection, which can drop what we wrote. So stop
+        writing, read and drop the input until the client closes, ``LINGER_S`` at most."""
+        transport, outbox = self.transport, self.outbox
+        if transport is None or outbox is None or transport.is_closing() or self._lingering:
+            return
+        self._lingering = True
+        outbox.flush()
+        if not transport.can_write_eof():
+            self._close_transport()
+            return
+        transport.write_eof()
+        if self._reading_paused:
+            transport.resume_reading()
+            self._reading_paused = False
+        asyncio.get_running_loop().call_later(LINGER_S, self._close_transport)
 
     async def _recheck_token(self) -> None:
         """A stream's token could end without its logout event reaching us (it expired,
@@ -430,7 +457,7 @@ class Session(asyncio.Protocol):
         await self._drain()
         codec = self.codec
         if isinstance(codec, HttpCodec) and codec.must_close and not codec.streaming:
-            self.close_with()
+            self.linger_close()
 
     # -- live delivery (called by the hub, never awaits) -------------------------------
     def deliver(self, conversation: str, msg: Message) -> None:

@@ -297,8 +297,8 @@ class HttpCodec(Codec):
     # -- input ------------------------------------------------------------------
     @property
     def buffered(self) -> int:
-        data, _ = self._h11.trailing_data
-        return len(data) + (len(self._partial.body) if self._partial else 0)
+        """Bytes received and not parsed yet (a body being read is bounded by its limit)."""
+        return len(self._h11.trailing_data[0])
 
     @property
     def partial(self) -> bool:
@@ -309,8 +309,12 @@ class HttpCodec(Codec):
     def reading_body(self) -> bool:
         return self._partial is not None
 
+    @property
+    def body_limit(self) -> int:
+        return self._partial.limit if self._partial is not None else self.max_body_bytes
+
     def push(self, data: bytes) -> None:
-        if data:
+        if data and not self._h11.trailing_data[1]:  # nothing counts after the EOF
             self._h11.receive_data(data)
 
     def finish(self) -> None:
@@ -405,7 +409,8 @@ class HttpCodec(Codec):
     ) -> bytes:
         """The whole answer to the request ``next`` gave; the next one may then be read."""
         data = body if isinstance(body, bytes) or body is None else dumps(dict(body))
-        data = data or b""
+        if data is None or status in (204, 304):
+            data = b""  # these answers have no body
         fields = [(b"server", SERVER)]
         if data or status not in (204, 304):
             fields.append((b"content-type", content_type.encode()))
