@@ -132,6 +132,8 @@ class HttpExchange:
             user, status, body, headers = await self._route(item)
         except _Answer as answer:
             status, body, headers = answer.status, answer.body, answer.headers
+        except ClientError as exc:
+            status, body, headers = _reply(Error(exc.code, exc.message, extra=exc.extra), [])
         except Unavailable as exc:
             status, headers = 503, {"Retry-After": "1"}
             body = error_body("unavailable", "chat storage is unreachable; try again shortly")
@@ -193,6 +195,7 @@ class HttpExchange:
                 log.info("http logout user=%s peer=%s", user, self.session.peer)
                 return user, 200, {"type": "bye"}, {}
             case RouteKind.POLL:
+                self.session.check_read_rate()  # a poll costs what a status does
                 messages, more = await sync.poll(ctx, POLL_MOST)
                 body = {"type": "messages", "messages": [message_dict(m) for m in messages],
                         "more": more}  # fmt: skip
@@ -201,8 +204,9 @@ class HttpExchange:
                 resume = self._resume(req)
                 await self.session.start_events(user, token, resume)
                 return user, 0, {}, {}
-        cmd = self._command(req, route.op)
-        return user, *self._reply(await self.session.run(ctx, cmd), ctx)
+        conn = RequestConn(user, self.session.peer_address)
+        error = await self.session.run(Context(self.gw, conn), self._command(req, route.op))
+        return user, *_reply(error, conn.events)
 
     def _command(self, req: HttpRequest, op: str) -> Any:
         try:
@@ -217,35 +221,11 @@ class HttpExchange:
         except Reject as exc:
             raise _refuse(400, exc.code, exc.message) from None
 
-    def _reply(
-        self, error: Error | None, ctx: Context
-    ) -> tuple[int, dict[str, Any], dict[str, str]]:
-        events = ctx.conn.events if isinstance(ctx.conn, RequestConn) else []
-        error = error or next((e for e in events if isinstance(e, Error)), None)
-        if error is not None:
-            headers = {}
-            if "retry_after" in error.extra:
-                headers["Retry-After"] = str(error.extra["retry_after"])
-            return status_of(error.code), event_to_dict(error), headers
-        if not events:
-            return 200, {"type": "ok"}, {}
-        body = event_to_dict(events[0])
-        if len(events) > 1:
-            body["events"] = [event_to_dict(e) for e in events[1:]]
-        return 200, body, {}
-
     async def _connect(self, req: HttpRequest) -> _Served:
         cmd = self._command(req, "login")
         assert isinstance(cmd, Login)
         store = self.gw.store
-        try:
-            account = await store.accounts.login(cmd.user, cmd.password, self.session.peer_address)
-        except ClientError as exc:
-            answer = _refuse(status_of(exc.code), exc.code, exc.message)
-            answer.body.update(exc.extra)
-            if "retry_after" in exc.extra:
-                answer.headers["Retry-After"] = str(exc.extra["retry_after"])
-            raise answer from None
+        account = await store.accounts.login(cmd.user, cmd.password, self.session.peer_address)
         token = await store.tokens.create(account.name)
         ctx = Context(self.gw, RequestConn(account.name, self.session.peer_address))
         unread = await sync.unread(ctx)
@@ -253,3 +233,20 @@ class HttpExchange:
         body = {"type": "connected", "token": token, "user": account.name, "new": account.new,
                 "unread": unread, "gateway": self.gw.name}  # fmt: skip
         return account.name, 200, body, {}
+
+
+def _reply(error: Error | None, events: list[Event]) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Status, body and headers answering a command: its error, or its reply event
+    (with any further events it emitted under ``events``)."""
+    error = error or next((e for e in events if isinstance(e, Error)), None)
+    if error is not None:
+        headers = {}
+        if "retry_after" in error.extra:
+            headers["Retry-After"] = str(error.extra["retry_after"])
+        return status_of(error.code), event_to_dict(error), headers
+    if not events:
+        return 200, {"type": "ok"}, {}
+    body = event_to_dict(events[0])
+    if len(events) > 1:
+        body["events"] = [event_to_dict(e) for e in events[1:]]
+    return 200, body, {}

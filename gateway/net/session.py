@@ -679,6 +679,10 @@ class Session(asyncio.Protocol):
             return Error("internal", "internal error; it has been logged", rid=rid)
         return None
 
+    def check_read_rate(self) -> None:
+        """Pace a read that is not a command (an HTTP poll) as status and history are."""
+        self._check_send_rate(self._reads, "requests for history or status")
+
     def count_error(self) -> bool:
         """Count an error answer; True when the client earns them too fast (close it)."""
         return bool(self._errors.take())
