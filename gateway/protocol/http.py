@@ -80,7 +80,7 @@ _REASONS: Final = {
     405: b"Method Not Allowed", 408: b"Request Timeout", 409: b"Conflict",
     413: b"Content Too Large", 429: b"Too Many Requests",
     431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
-    501: b"Not Implemented", 503: b"Service Unavailable",
+    501: b"Not Implemented", 503: b"Service Unavailable", 505: b"HTTP Version Not Supported",
 }  # fmt: skip
 
 
@@ -191,7 +191,7 @@ def command_of(req: HttpRequest, op: str, ctx: TextContext) -> Command:
     if req.method == "POST" and req.body.strip():
         fields = json_body(req)
     else:
-        fields = {k: int(v) if k in _NUMBERS and v.isdigit() else v for k, v in req.query.items()}
+        fields = {k: _number(v) if k in _NUMBERS else v for k, v in req.query.items()}
         fields.pop("token", None)
     rid = fields.get("rid")
     if rid is not None and (
@@ -200,6 +200,14 @@ def command_of(req: HttpRequest, op: str, ctx: TextContext) -> Command:
         raise Reject("bad_request", f"rid must be a string or number of <= {MAX_RID_CHARS}")
     fields["op"] = op
     return parse_json_request(fields, ctx, rid)
+
+
+def _number(text: str) -> int | str:
+    """A query's number, or the text as it is (the op's own check then refuses it)."""
+    return int(text) if _DIGITS.fullmatch(text) else text
+
+
+_DIGITS: Final = re.compile(r"[0-9]{1,9}")
 
 
 def json_body(req: HttpRequest) -> dict[str, Any]:
@@ -353,6 +361,13 @@ class HttpCodec(Codec):
     def _begin(self, event: h11.Request) -> HttpReject | None:
         if len(event.headers) > MAX_HEADERS:
             return self._reject(431, f"more than {MAX_HEADERS} headers")
+        # h11 bounds the block only while it waits for its end; a whole one can be longer.
+        size = len(event.method) + len(event.target) + 12
+        size += sum(len(k) + len(v) + 4 for k, v in event.headers)
+        if size > MAX_HEADER_BYTES:
+            return self._reject(431, f"request line and headers over {MAX_HEADER_BYTES} bytes")
+        if event.http_version not in (b"1.0", b"1.1"):
+            return self._reject(505, "only HTTP/1.0 and HTTP/1.1 are spoken here")
         try:
             method = event.method.decode("ascii")
             target = event.target.decode("ascii")
@@ -361,9 +376,9 @@ class HttpCodec(Codec):
             return self._reject(400, "the request line and header names must be ASCII")
         path = urlsplit(target).path
         limit = self.max_body_bytes
-        for prefix, own in self.body_limits.items():
-            if path.startswith(prefix):
-                limit = own
+        for prefix in sorted(self.body_limits, key=len):  # the longest match wins
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                limit = self.body_limits[prefix]
         length = headers.get("content-length")
         if length is not None and int(length) > limit:  # h11 checked it is a number
             self._in_response = True  # answer now; the body is never read
@@ -417,7 +432,8 @@ class HttpCodec(Codec):
             fields.append((b"content-length", str(len(data)).encode()))
         for name, value in (headers or {}).items():
             fields.append((name.encode(), value.encode("latin-1")))
-        close = close or self.must_close
+        # an answer given before the body was read ends the connection
+        close = close or self.must_close or self._h11.their_state is not h11.DONE
         if close:
             fields.append((b"connection", b"close"))
         out = self._send_response(status, fields)
