@@ -7,6 +7,7 @@
     redchat-bench idle --connections 10000 --gateways 1
     redchat-bench fanout --host 10.0.0.5 --port 8000 --no-baseline
     redchat-bench attacks                          # what hostile clients cost others
+    redchat-bench requests                         # an HTTP POST /send vs a JSON-lines send
 
 ``attacks`` is a command of its own (``redchat-bench attacks --help``,
 bench/attacks.py): it measures latency, memory and stalls under attack on a
@@ -276,6 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.attacks import main as attacks_main
 
         return attacks_main(argv[1:])
+    if argv[:1] == ["requests"]:
+        from bench.requests import main as requests_main
+
+        return requests_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.host and args.scenario == "idle":
         print("redchat-bench: idle needs the process ids; run without --host", file=sys.stderr)
