@@ -47,8 +47,8 @@ log = logging.getLogger("redchat.http")
 POLL_MOST: Final = 500  # messages one GET /messages returns; "more" says to ask again
 
 
-# who asked (None before the token is checked), status, body, headers
-_Served = tuple[str | None, int, dict[str, Any], dict[str, str]]
+# status (0: a stream under way), body, headers
+_Served = tuple[int, dict[str, Any], dict[str, str]]
 
 
 class RequestConn:
@@ -110,6 +110,7 @@ class HttpExchange:
         self.session = session
         self.codec = codec
         self.gw = session.gw
+        self.user: str | None = None  # who the request being served is from, once known
 
     async def serve(self, item: HttpRequest | HttpReject) -> None:
         try:
@@ -125,11 +126,14 @@ class HttpExchange:
         start = time.monotonic()
         if isinstance(item, HttpReject):
             await self._write(item.status, error_body(item.code, item.message), head=False)
-            log.info("http - - %d peer=%s: %s", item.status, self.session.peer, item.message)
+            log.info(
+                "http %s %s %d user=None peer=%s: %s",
+                item.method, item.path[:200], item.status, self.session.peer, item.message,
+            )  # fmt: skip
             return
-        user: str | None = None
+        self.user = None
         try:
-            user, status, body, headers = await self._route(item)
+            status, body, headers = await self._route(item)
         except _Answer as answer:
             status, body, headers = answer.status, answer.body, answer.headers
         except ClientError as exc:
@@ -150,7 +154,7 @@ class HttpExchange:
             await self._write(status, body, head=item.head, headers=headers)
         log.info(
             "http %s %s %d user=%s peer=%s %.1fms",
-            item.method, item.path, status or 200, user, self.session.peer,
+            item.method, item.path[:200], status or 200, self.user, self.session.peer,
             (time.monotonic() - start) * 1000,
         )  # fmt: skip
 
@@ -169,7 +173,7 @@ class HttpExchange:
             raise _refuse(404, "not_found", f"no such path: {req.path[:100]}")
         methods = allowed(route)
         if req.method == "OPTIONS":
-            return None, 204, {}, {"Allow": ", ".join(methods)}
+            return 204, {}, {"Allow": ", ".join(methods)}
         if req.method not in methods:
             raise _refuse(
                 405, "bad_request", f"{req.method[:20]} is not allowed on {req.path}",
@@ -179,6 +183,7 @@ class HttpExchange:
             return await self._connect(req)
         token = req.bearer()
         user = await self.gw.store.tokens.user_of(token) if token else None
+        self.user = user
         if token is None or user is None:
             raise _refuse(
                 401, "not_logged_in",
@@ -187,26 +192,29 @@ class HttpExchange:
                 **{"WWW-Authenticate": 'Bearer realm="redchat"'},
             )  # fmt: skip
         ctx = Context(self.gw, RequestConn(user, self.session.peer_address))
-        if req.head and route.kind in (RouteKind.POLL, RouteKind.EVENTS):
-            return user, 200, {}, {}  # a HEAD has no effects: no poll, no stream
+        if req.head and route.kind is RouteKind.EVENTS:  # the headers of a stream, no stream
+            await self.session.write_answer(self.codec.start_stream(user, {}, head=True))
+            return 0, {}, {}
+        if req.head and route.kind is RouteKind.POLL:
+            return 200, {}, {}  # a HEAD has no effects: no poll
         match route.kind:
             case RouteKind.DISCONNECT:
                 await self.gw.store.tokens.revoke(token)
                 log.info("http logout user=%s peer=%s", user, self.session.peer)
-                return user, 200, {"type": "bye"}, {}
+                return 200, {"type": "bye"}, {}
             case RouteKind.POLL:
                 self.session.check_read_rate()  # a poll costs what a status does
                 messages, more = await sync.poll(ctx, POLL_MOST)
                 body = {"type": "messages", "messages": [message_dict(m) for m in messages],
                         "more": more}  # fmt: skip
-                return user, 200, body, {}
+                return 200, body, {}
             case RouteKind.EVENTS:
                 resume = self._resume(req)
                 await self.session.start_events(user, token, resume)
-                return user, 0, {}, {}
+                return 0, {}, {}
         conn = RequestConn(user, self.session.peer_address)
         error = await self.session.run(Context(self.gw, conn), self._command(req, route.op))
-        return user, *_reply(error, conn.events)
+        return _reply(error, conn.events)
 
     def _command(self, req: HttpRequest, op: str) -> Any:
         try:
@@ -226,13 +234,14 @@ class HttpExchange:
         assert isinstance(cmd, Login)
         store = self.gw.store
         account = await store.accounts.login(cmd.user, cmd.password, self.session.peer_address)
+        self.user = account.name
         token = await store.tokens.create(account.name)
         ctx = Context(self.gw, RequestConn(account.name, self.session.peer_address))
         unread = await sync.unread(ctx)
         log.info("http login user=%s new=%s peer=%s", account.name, account.new, self.session.peer)
         body = {"type": "connected", "token": token, "user": account.name, "new": account.new,
                 "unread": unread, "gateway": self.gw.name}  # fmt: skip
-        return account.name, 200, body, {}
+        return 200, body, {}
 
 
 def _reply(error: Error | None, events: list[Event]) -> tuple[int, dict[str, Any], dict[str, str]]:

@@ -112,6 +112,7 @@ class Outbox:
         self._drained = asyncio.Event()
         self._drained.set()
         self.paused_since: float | None = None  # the transport is over its high mark
+        self._ended = False  # write_eof: nothing more may be written
         # Replay waits for the client below this mark, well under the outbox bound.
         transport.set_write_buffer_limits(high=min(DRAIN_HIGH_WATER, max_bytes // 4))
 
@@ -124,7 +125,7 @@ class Outbox:
 
     def write(self, data: bytes, bounded: bool = True) -> None:
         """Queue bytes for the client, or cut it off if it is too far behind."""
-        if not data or self.transport.is_closing():
+        if not data or self._ended or self.transport.is_closing():
             return  # already cut off or saying goodbye: nothing more is queued
         if bounded and self.queued() + len(data) > self.max_bytes:
             self.on_overflow()
@@ -137,7 +138,7 @@ class Outbox:
 
     def flush(self) -> None:
         self._scheduled = False
-        if not self._out or self.transport.is_closing():
+        if not self._out or self._ended or self.transport.is_closing():
             return
         data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
         self._out.clear()
@@ -151,8 +152,17 @@ class Outbox:
     def write_now(self, data: bytes) -> None:
         """Flush what is queued, then ``data``: a last word before closing."""
         self.flush()
-        if not self.transport.is_closing():
+        if data and not self._ended and not self.transport.is_closing():
             self.transport.write(data)
+
+    def end(self) -> bool:
+        """Flush, then half-close (no more writes); False when the transport cannot."""
+        self.flush()
+        if self._ended or not self.transport.can_write_eof():
+            return False
+        self._ended = True
+        self.transport.write_eof()
+        return True
 
     # -- pacing -----------------------------------------------------------------------
     def pause_writing(self) -> None:

@@ -330,6 +330,8 @@ class Session(asyncio.Protocol):
         """Say a last word and close; a client that does not read is cut off after 2 s."""
         if self.transport is None or self.transport.is_closing() or self.outbox is None:
             return
+        if self._lingering:
+            return  # the last answer is out; the connection closes by itself
         if not flush:
             self.outbox.discard()
         codec = self.codec or TextCodec()
@@ -404,11 +406,9 @@ class Session(asyncio.Protocol):
         if transport is None or outbox is None or transport.is_closing() or self._lingering:
             return
         self._lingering = True
-        outbox.flush()
-        if not transport.can_write_eof():
+        if not outbox.end():
             self._close_transport()
             return
-        transport.write_eof()
         if self._reading_paused:
             transport.resume_reading()
             self._reading_paused = False

@@ -128,6 +128,8 @@ class HttpReject:
     status: int
     code: str
     message: str
+    method: str = "-"  # what of the request could be read, for the log
+    path: str = "-"
 
 
 class RouteKind(enum.Enum):
@@ -382,7 +384,8 @@ class HttpCodec(Codec):
         length = headers.get("content-length")
         if length is not None and int(length) > limit:  # h11 checked it is a number
             self._in_response = True  # answer now; the body is never read
-            return self._too_large(limit)
+            reject = self._too_large(limit)
+            return HttpReject(reject.status, reject.code, reject.message, method, path)
         self._partial = _Partial(method, target, headers, limit=limit)
         if self._h11.they_are_waiting_for_100_continue:
             self._output += self._h11.send(h11.InformationalResponse(status_code=100, headers=[]))
@@ -487,10 +490,12 @@ class HttpCodec(Codec):
             (b"cache-control", b"no-store"),
             (b"x-accel-buffering", b"no"),  # no proxy may hold events back
         ]
-        if head:
-            return self.respond(200, None, head=True, content_type="text/event-stream")
         out = self._send_response(200, fields)
         assert out is not None, "a request just read can be answered"
+        if head:  # the GET's headers (h11 frames a HEAD's answer as the GET's), no body
+            out += self._h11.send(h11.EndOfMessage())
+            self._end_cycle(False)
+            return out
         self.streaming = True
         self._user = user.lower()
         self._positions = dict(resume)
