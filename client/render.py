@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from gateway.protocol import Quota, Reported, ReportWarning, ShortIds, StatusResult, printable
-from gateway.protocol.textlines import moderation_lines, reported_line, warning_line
+from gateway.protocol.textlines import file_text, moderation_lines, reported_line, warning_line
 
 __all__ = [
     "STYLE",
@@ -54,6 +54,7 @@ STYLE: Final = {
     "error": "bold ansired",
     "info": "ansibrightblack",
     "link": "ansiyellow",
+    "file": "ansiyellow",
     "me": "bold",
     **{f"name{i}": colour for i, colour in enumerate(_NAME_COLOURS)},
 }
@@ -107,7 +108,12 @@ def message_line(m: Mapping[str, Any], me: str, ids: ShortIds) -> Fragments:
     replies = m.get("replies")
     if isinstance(replies, int) and replies > 0:
         out.append(("class:reply", f"[{replies} repl{'y' if replies == 1 else 'ies'}] "))
-    out.append(("", printable(str(m.get("text", "")))))
+    file = m.get("file")
+    if isinstance(file, Mapping):
+        shown = file_text(str(file.get("name", "?")), _count(file.get("size")))
+        out.append(("class:file", f"{shown} fid {printable(str(file.get('fid', '?')))}"))
+    else:
+        out.append(("", printable(str(m.get("text", "")))))
     return out
 
 

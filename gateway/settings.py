@@ -55,6 +55,10 @@ class StoreSettings:
     schedule_lease_s: float = opt(
         30.0, "seconds a worker holds a claimed message before another worker may take it over"
     )
+    file_quota_bytes: int = opt(
+        100 << 20, "bytes of files one user may send per file-quota window; 0 for no quota"
+    )
+    file_quota_window_s: int = opt(86_400, "seconds of the file-quota window")
     data_dir: str = opt("data", "where the embedded Redis keeps its files")
     log_level: str = opt("INFO", "DEBUG, INFO, WARNING or ERROR")
 
@@ -76,6 +80,10 @@ class GatewaySettings(StoreSettings):
     max_line_bytes: int = opt(16_384, "longest line a client may send")
     max_text_chars: int = opt(4000, "longest message text")
     max_outbox_bytes: int = opt(1 << 20, "bytes queued for one client before it is dropped")
+    max_file_bytes: int = opt(5_242_880, "largest file a user may send, in bytes")
+    max_upload_bytes_in_flight: int = opt(
+        64 << 20, "file bytes all of a gateway's clients may have in transit to Redis at once"
+    )
     login_timeout_s: float = opt(60.0, "seconds a connection may stay without logging in")
     max_connections_per_ip: int = opt(0, "connections per client address, 0 for no limit")
     idempotency_ttl_s: int = opt(300, "how long a client id (cid) dedupes retried sends")
@@ -103,6 +111,11 @@ class GatewaySettings(StoreSettings):
     write_coalesce_s: float = opt(0.005, "under load, most time output waits to share a write")
     heartbeat_s: float = opt(5.0, "how often the gateway refreshes its presence in Redis")
     shutdown_timeout_s: float = opt(5.0, "seconds to drain clients on SIGTERM")
+    public_url: str = opt(
+        "",
+        "base URL of file links shown to text clients (behind a proxy); empty: the"
+        " address the client connected to, as http://HOST:PORT",
+    )
     token_ttl_s: int = opt(
         86_400, "seconds an HTTP token stays good after its last use", "--token-ttl"
     )
@@ -207,6 +220,8 @@ def _validate(settings: Any) -> None:
         raise ConfigError("--report-threshold must be at least 1")
     if getattr(settings, "rate_limit", 0) and getattr(settings, "rate_window_s", 1) < 1:
         raise ConfigError("--rate-window must be at least 1 with a rate limit")
+    if getattr(settings, "file_quota_bytes", 0) and getattr(settings, "file_quota_window_s", 1) < 1:
+        raise ConfigError("--file-quota-window-s must be at least 1 with a file quota")
     if isinstance(settings, StoreSettings):
         if settings.schedule_lease_s < 1:
             raise ConfigError("--schedule-lease-s must be at least 1")

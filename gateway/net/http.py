@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mimetypes
 import time
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import quote
 
 from gateway.errors import ClientError, Unavailable
-from gateway.handlers import sync
+from gateway.handlers import files, sync
 from gateway.handlers.context import Context
 from gateway.protocol import Error, Event, Login, Message, event_to_dict
-from gateway.protocol.events import message_dict
+from gateway.protocol.events import file_dict, message_dict
 from gateway.protocol.http import (
     HttpCodec,
     HttpReject,
@@ -35,7 +37,9 @@ from gateway.protocol.http import (
     route_of,
     status_of,
 )
-from gateway.protocol.ops import Reject
+from gateway.protocol.ops import Reject, check_cid, check_target
+from gateway.store import Store, is_room
+from gateway.store.files import valid_fid
 
 if TYPE_CHECKING:
     from gateway.net.session import Session
@@ -181,16 +185,9 @@ class HttpExchange:
             )  # fmt: skip
         if route.kind is RouteKind.CONNECT:
             return await self._connect(req)
-        token = req.bearer()
-        user = await self.gw.store.tokens.user_of(token) if token else None
-        self.user = user
-        if token is None or user is None:
-            raise _refuse(
-                401, "not_logged_in",
-                "send 'Authorization: Bearer <token>'; POST /connect gives one"
-                if token is None else "this token is unknown, expired or revoked",
-                **{"WWW-Authenticate": 'Bearer realm="redchat"'},
-            )  # fmt: skip
+        if route.kind is RouteKind.DOWNLOAD:
+            return await self._download(req, route.op)
+        token, user = await self._token_user(req)
         ctx = Context(self.gw, RequestConn(user, self.session.peer_address))
         if req.head and route.kind is RouteKind.EVENTS:  # the headers of a stream, no stream
             await self.session.write_answer(self.codec.start_stream(user, {}, head=True))
@@ -212,9 +209,82 @@ class HttpExchange:
                 resume = self._resume(req)
                 await self.session.start_events(user, token, resume)
                 return 0, {}, {}
+            case RouteKind.UPLOAD:
+                return await self._upload(req, ctx)
         conn = RequestConn(user, self.session.peer_address)
         error = await self.session.run(Context(self.gw, conn), self._command(req, route.op))
         return _reply(error, conn.events)
+
+    async def _token_user(self, req: HttpRequest) -> tuple[str, str]:
+        """The request's token and the user it stands for; 401 when there is none."""
+        token = req.bearer()
+        user = await self.gw.store.tokens.user_of(token) if token else None
+        self.user = user
+        if token is None or user is None:
+            raise _refuse(
+                401, "not_logged_in",
+                "send 'Authorization: Bearer <token>'; POST /connect gives one"
+                if token is None else "this token is unknown, expired or revoked",
+                **{"WWW-Authenticate": 'Bearer realm="redchat"'},
+            )  # fmt: skip
+        return token, user
+
+    async def _upload(self, req: HttpRequest, ctx: Context) -> _Served:
+        """``POST /files?to=..&name=..``: the body's bytes become a file message."""
+        query = req.query
+        try:
+            to = check_target(query.get("to"))
+            name = query.get("name") or ""
+            cid = check_cid(query.get("cid"))
+        except Reject as exc:
+            raise _refuse(400, exc.code, exc.message) from None
+        if not name:
+            raise _refuse(400, "bad_request", "say the file's name: POST /files?to=..&name=..")
+        mime = query.get("mime") or req.headers.get("content-type", "")
+        if not mime or mime.startswith("application/x-www-form-urlencoded"):  # curl's default
+            mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        self.session.check_send_rate()
+        result, info = await files.send_file(
+            ctx, to, name, mime.split(";")[0].strip(), req.body, cid
+        )
+        return 200, {"type": "ack", "id": result.id, "cid": cid, "file": file_dict(info)}, {}
+
+    async def _download(self, req: HttpRequest, fid: str) -> _Served:
+        """``GET /files/<fid>``: the bytes, for whoever may read the conversation; with a
+        signed link (``?u=&e=&s=``, what text clients are shown) or a token. Anyone else
+        gets 404, as for a file that does not exist."""
+        store, query = self.gw.store, req.query
+        if "s" in query:
+            user = query.get("u", "")
+            if not store.tokens.check(fid, user, query.get("e", ""), query.get("s", "")):
+                raise _refuse(401, "not_logged_in", "this link is not valid, or has expired")
+            self.user = user
+        else:
+            _, user = await self._token_user(req)
+        found = await store.files.info(fid) if valid_fid(fid) else None
+        if found is None or not await _may_read(store, user, found[0]):
+            raise _refuse(404, "not_found", f"no file {fid[:40]}")
+        conversation, info = found
+        headers = {
+            "Content-Type": info.mime,
+            "Content-Disposition": _disposition(info.name),
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "private, max-age=3600",
+        }
+        await self.session.write_answer(
+            self.codec.begin_answer(200, headers, info.size), last=False
+        )
+        if not req.head:
+            sent = 0
+            async for chunk in store.files.chunks(conversation, fid):
+                sent += len(chunk)
+                await self.session.write_answer(self.codec.answer_part(chunk), last=False)
+            if sent != info.size:  # the answer promised its length: it cannot end well
+                log.warning("file %s: %d bytes of %d stored", fid, sent, info.size)
+                self.session.abort()
+                return 0, {}, {}
+        await self.session.write_answer(self.codec.end_answer())
+        return 0, {}, {}
 
     def _command(self, req: HttpRequest, op: str) -> Any:
         try:
@@ -259,3 +329,23 @@ def _reply(error: Error | None, events: list[Event]) -> tuple[int, dict[str, Any
     if len(events) > 1:
         body["events"] = [event_to_dict(e) for e in events[1:]]
     return 200, body, {}
+
+
+async def _may_read(store: Store, user: str, conversation: str) -> bool:
+    """Whether ``user`` may read ``conversation``: a direct one's two people; a
+    private room's members; anyone for #general and public rooms."""
+    if conversation.startswith("dm:"):
+        return user.lower() in conversation.split(":")[1:]
+    if is_room(conversation):
+        try:
+            await store.check_readable(user, conversation)
+        except ClientError:
+            return False
+    return True
+
+
+def _disposition(name: str) -> str:
+    """``attachment`` with the name for every client: an ASCII fallback, and the
+    exact name in RFC 5987 form."""
+    plain = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"

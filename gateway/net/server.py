@@ -16,6 +16,7 @@ import re
 import time
 from collections import Counter
 from typing import Final
+from urllib.parse import quote
 
 from gateway.aio import stop_tasks
 from gateway.errors import Unavailable
@@ -24,7 +25,7 @@ from gateway.net.outbox import Flusher
 from gateway.net.session import Session
 from gateway.protocol import Notice
 from gateway.settings import GatewaySettings
-from gateway.store import Keys, LoginLimits, ModerationLimits, Store, make_redis
+from gateway.store import FileLimits, Keys, LoginLimits, ModerationLimits, Store, make_redis
 
 __all__ = ["Gateway"]
 
@@ -59,6 +60,7 @@ class Gateway:
             ),
             moderation=ModerationLimits.of(settings, settings.idempotency_ttl_s),
             token_ttl_s=settings.token_ttl_s,
+            file_limits=FileLimits.of(settings, settings.max_file_bytes),
         )
         self.hub = Hub(
             redis_url,
@@ -79,12 +81,15 @@ class Gateway:
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self.uploads_in_flight = 0  # bytes of HTTP upload bodies being read or stored
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
         await self.hub.start()
         if not await self.hub.wait_ready(10):
             log.warning("Redis is not reachable yet; clients get 'unavailable' until it is")
+        with contextlib.suppress(Unavailable):
+            await self.store.tokens.load_secret()  # else file links wait for a first download
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: Session(self),
@@ -133,6 +138,27 @@ class Gateway:
         self._per_address[address] += 1
         limit = self.settings.max_connections_per_ip
         return not limit or self._per_address[address] <= limit
+
+    def reserve_upload(self, nbytes: int) -> bool:
+        """Take ``nbytes`` from the budget of upload bytes this gateway holds at once
+        (``--max-upload-bytes-in-flight``); one upload is always let in."""
+        limit = self.settings.max_upload_bytes_in_flight
+        if self.uploads_in_flight and self.uploads_in_flight + nbytes > limit:
+            return False
+        self.uploads_in_flight += nbytes
+        return True
+
+    def release_upload(self, nbytes: int) -> None:
+        self.uploads_in_flight = max(0, self.uploads_in_flight - nbytes)
+
+    def file_url(self, fid: str, user: str, base: str) -> str:
+        """A link to a file that works with curl alone: signed for ``user``, expiring."""
+        base = self.settings.public_url.rstrip("/") or base
+        signed = self.store.tokens.sign(fid, user)
+        if signed is None:
+            return f"{base}/files/{fid}"  # needs a token until the key is loaded
+        expires, signature = signed
+        return f"{base}/files/{fid}?u={quote(user)}&e={expires}&s={signature}"
 
     def forget(self, session: Session) -> None:
         if session in self.sessions:

@@ -164,6 +164,8 @@ class Session(asyncio.Protocol):
         self._token_checked = 0.0
         self._token_task: asyncio.Task[None] | None = None
         self._lingering = False
+        self._upload_bytes = 0  # reserved from the gateway's upload budget
+        self.base_url = ""  # http://HOST:PORT as this client reached us, for file links
 
     # -- state ------------------------------------------------------------------
     def _to(self, new: State) -> None:
@@ -188,6 +190,10 @@ class Session(asyncio.Protocol):
             stall_s=s.stall_timeout_s,
             on_overflow=self._slow_consumer,
         )
+        here = transport.get_extra_info("sockname")
+        if isinstance(here, tuple):
+            host = f"[{here[0]}]" if ":" in str(here[0]) else str(here[0])
+            self.base_url = f"http://{host}:{here[1]}"
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer_address = str(peer[0])
@@ -249,7 +255,12 @@ class Session(asyncio.Protocol):
 
     def _start_http(self) -> None:
         s = self.settings
-        codec = HttpCodec(s.max_line_bytes, s.max_text_chars)
+        codec = HttpCodec(
+            s.max_line_bytes,
+            s.max_text_chars,
+            body_limits={"/files": s.max_file_bytes},
+            admit=self._admit_upload,
+        )
         self.codec = codec
         self.http = HttpExchange(self, codec)
         self._to(State.GUEST)
@@ -263,6 +274,7 @@ class Session(asyncio.Protocol):
                 task.cancel()
         if self.outbox is not None:
             self.outbox.release()
+        self.release_upload()
         self._held.clear()
         self.gw.forget(self)
         if self.user is not None and was in (State.SYNCING, State.LIVE):
@@ -450,10 +462,15 @@ class Session(asyncio.Protocol):
         else:
             log.info("http events user=%s peer=%s resume=%d", user, self.peer, len(resume))
 
-    async def write_answer(self, data: bytes) -> None:
-        """An HTTP answer, written at once; the next request waits until it is read."""
+    async def write_answer(self, data: bytes, *, last: bool = True) -> None:
+        """An HTTP answer, written at once; the next request waits until it is read.
+        A part of one (``last=False``, a download) waits only when much is unread."""
         assert self.outbox is not None
         self.outbox.write(data, bounded=False)
+        if not last:
+            if self.outbox.queued() > self.settings.max_outbox_bytes // 2:
+                await self._drain()
+            return
         await self._drain()
         codec = self.codec
         if isinstance(codec, HttpCodec) and codec.must_close and not codec.streaming:
@@ -542,6 +559,9 @@ class Session(asyncio.Protocol):
             raise asyncio.CancelledError
         self.user = user
         self._to(State.SYNCING)
+        if isinstance(self.codec, TextCodec):
+            base = self.base_url
+            self.codec.file_url = lambda f: self.gw.file_url(f.fid, user, base)
         try:
             await self.gw.hub.join(self, await self.gw.store.rooms.of_user(user))
             self._counted = True  # from here on, leaving must count the user out
@@ -624,6 +644,10 @@ class Session(asyncio.Protocol):
             served += 1
             if served % WORK_SLICE == 0:
                 await asyncio.sleep(0)  # let the loop serve everyone else
+        if self.outbox is not None:
+            # The client waits for these answers: they go now, not with the next
+            # coalesced write (which is for traffic it did not ask for).
+            self.outbox.flush()
         self._resume_reading_if_drained()
         if self._eof:
             self._close_after_eof()
@@ -647,7 +671,10 @@ class Session(asyncio.Protocol):
             self._error(item)
         elif isinstance(item, HttpRequest | HttpReject):
             assert self.http is not None
-            await self.http.serve(item)
+            try:
+                await self.http.serve(item)
+            finally:
+                self.release_upload()
         elif (error := await self.run(self.ctx, item)) is not None:
             if error.code in ("unavailable", "internal"):
                 self.send_event(error)  # not the client's fault: not counted against it
@@ -678,6 +705,21 @@ class Session(asyncio.Protocol):
             log.exception("bug while serving user=%s peer=%s", user, self.peer)
             return Error("internal", "internal error; it has been logged", rid=rid)
         return None
+
+    def _admit_upload(self, nbytes: int) -> bool:
+        if not self.gw.reserve_upload(nbytes):
+            return False
+        self._upload_bytes += nbytes
+        return True
+
+    def release_upload(self) -> None:
+        if self._upload_bytes:
+            self.gw.release_upload(self._upload_bytes)
+            self._upload_bytes = 0
+
+    def check_send_rate(self) -> None:
+        """Pace a send that is not a command (an HTTP upload) as sends are."""
+        self._check_send_rate(self._sends, "messages")
 
     def check_read_rate(self) -> None:
         """Pace a read that is not a command (an HTTP poll) as status and history are."""

@@ -21,6 +21,7 @@ __all__ = [
     "Cancelled",
     "Error",
     "Event",
+    "FileInfo",
     "HistoryResult",
     "JoinRequest",
     "Joined",
@@ -51,6 +52,9 @@ __all__ = [
     "Welcome",
     "dumps",
     "event_to_dict",
+    "file_dict",
+    "file_from_dict",
+    "file_json",
     "message_dict",
     "message_from_dict",
     "message_json_tail",
@@ -78,6 +82,18 @@ class Quote:
 
 
 @dataclass(frozen=True, slots=True)
+class FileInfo:
+    """A file a message carries: its id (``fid``, for downloads), name, size in bytes,
+    SHA-256 (hex) and media type. The bytes live in the store, never in the message."""
+
+    fid: str
+    name: str
+    size: int
+    sha256: str
+    mime: str
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     id: str
     from_: str
@@ -89,6 +105,7 @@ class Message:
     quote: Quote | None = None  # the start of the message replied to
     replies: int = 0  # how many replies it has (in history and threads)
     scheduled: bool = False  # sent by the scheduler, at its author's chosen time
+    file: FileInfo | None = None  # a file message (its text is the file's name)
     # The JSON line as published, shared by every JSON session on a gateway.
     raw: bytes | None = field(default=None, compare=False, repr=False)
     _key: tuple[int, int] | None = field(default=None, init=False, compare=False, repr=False)
@@ -382,6 +399,30 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
+def file_dict(f: FileInfo) -> dict[str, Any]:
+    """A file's JSON object, as in a message's ``file``."""
+    return {"fid": f.fid, "name": f.name, "size": f.size, "sha256": f.sha256, "mime": f.mime}
+
+
+def file_json(f: FileInfo) -> str:
+    """A file's JSON object, compact: how a stream entry and a log entry keep it."""
+    return json.dumps(file_dict(f), ensure_ascii=False, separators=(",", ":"))
+
+
+def file_from_dict(d: Any) -> FileInfo:
+    """A file from its JSON object. Strict: ``TypeError``, ``KeyError`` or ``ValueError``
+    for anything that is not one, so a malformed event is dropped whole."""
+    if not isinstance(d, Mapping):
+        raise TypeError(f"a file is an object, not {type(d).__name__}")
+    size = d["size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ValueError(f"bad file size {size!r}")
+    fid, name, sha256, mime = d["fid"], d["name"], d["sha256"], d["mime"]
+    if not all(isinstance(v, str) for v in (fid, name, sha256, mime)):
+        raise TypeError("a file's fid, name, sha256 and mime are strings")
+    return FileInfo(fid, name, size, sha256, mime)
+
+
 def message_json_tail(
     from_: str,
     to: str,
@@ -389,6 +430,7 @@ def message_json_tail(
     reply_to: str | None,
     quote: Quote | None = None,
     scheduled: bool = False,
+    file: FileInfo | None = None,
 ) -> str:
     """What follows ``{"type":"message","id":"<id>","ts":<ms>`` in a published message."""
     tail: dict[str, Any] = {"from": from_, "to": to, "text": text}
@@ -396,6 +438,8 @@ def message_json_tail(
         tail["reply_to"] = reply_to
         if quote is not None:
             tail["quote"] = {"from": quote.from_, "text": quote.text}
+    if file is not None:
+        tail["file"] = file_dict(file)
     if scheduled:
         tail["scheduled"] = True
     return "," + json.dumps(tail, ensure_ascii=False, separators=(",", ":"))[1:]
@@ -414,6 +458,8 @@ def _message_dict(m: Message) -> dict[str, Any]:
         d["reply_to"] = m.reply_to
         if m.quote is not None:
             d["quote"] = {"from": m.quote.from_, "text": m.quote.text}
+    if m.file is not None:
+        d["file"] = file_dict(m.file)
     if m.scheduled:
         d["scheduled"] = True
     if m.replies:
@@ -591,6 +637,7 @@ def message_from_dict(d: Mapping[str, Any], raw: bytes | None = None) -> Message
     """A message event from its JSON object (as published by the store)."""
     reply_to = d.get("reply_to")
     quote = d.get("quote")
+    file = d.get("file")
     sid = str(d["id"])
     parse_stream_id(sid)  # a malformed id is refused here, not at every recipient
     return Message(
@@ -602,6 +649,7 @@ def message_from_dict(d: Mapping[str, Any], raw: bytes | None = None) -> Message
         reply_to=str(reply_to) if reply_to else None,
         quote=Quote(str(quote["from"]), str(quote["text"])) if isinstance(quote, dict) else None,
         scheduled=d.get("scheduled") is True,
+        file=None if file is None else file_from_dict(file),
         raw=raw,
     )
 

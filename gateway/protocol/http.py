@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
@@ -104,7 +104,7 @@ class HttpRequest:
     path: str
     query: Mapping[str, str]
     headers: Mapping[str, str]  # lower-case names; a repeated header keeps its last value
-    body: bytes = b""
+    body: bytes | bytearray = b""  # as received: a 5 MB upload is not copied
 
     @property
     def head(self) -> bool:
@@ -130,6 +130,7 @@ class HttpReject:
     message: str
     method: str = "-"  # what of the request could be read, for the log
     path: str = "-"
+    retry_after: int | None = None
 
 
 class RouteKind(enum.Enum):
@@ -137,13 +138,15 @@ class RouteKind(enum.Enum):
     DISCONNECT = "disconnect"  # revoke the token
     POLL = "poll"  # GET /messages
     EVENTS = "events"  # GET /events: a live stream
+    UPLOAD = "upload"  # POST /files: raw bytes become a file message
+    DOWNLOAD = "download"  # GET /files/<fid>
     OP = "op"  # any JSON-lines op, through the same handlers
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     kind: RouteKind
-    op: str = ""  # for OP: the JSON-lines op
+    op: str = ""  # for OP: the JSON-lines op; for DOWNLOAD: the fid
     allow: tuple[str, ...] = ("POST",)  # methods, HEAD and OPTIONS besides
     needs_token: bool = True
 
@@ -156,6 +159,7 @@ _SPECIAL: Final = {
     "/quit": Route(RouteKind.DISCONNECT),
     "/messages": Route(RouteKind.POLL, allow=("GET",)),
     "/events": Route(RouteKind.EVENTS, allow=("GET",)),
+    "/files": Route(RouteKind.UPLOAD),
     # the seed's reads are GETs with a query; as ops, they are POSTs as well
     "/status": Route(RouteKind.OP, "status", allow=("GET", "POST")),
     "/history": Route(RouteKind.OP, "history", allow=("GET", "POST")),
@@ -170,6 +174,8 @@ def route_of(path: str) -> Route | None:
     route = _SPECIAL.get(path)
     if route is not None:
         return route
+    if path.startswith("/files/") and path.count("/") == 2 and len(path) > 7:
+        return Route(RouteKind.DOWNLOAD, path[7:], allow=("GET",), needs_token=False)
     name = path[1:]
     if name in BY_NAME and name not in _NOT_OPS:
         return Route(RouteKind.OP, name)
@@ -290,11 +296,14 @@ class HttpCodec(Codec):
         max_text_chars: int = 4000,
         *,
         body_limits: Mapping[str, int] | None = None,
+        admit: Callable[[int], bool] | None = None,
     ) -> None:
         super().__init__(max_line_bytes, max_text_chars)
         self.ctx = TextContext(max_text_chars=max_text_chars)
         self.max_body_bytes = max_line_bytes  # a JSON body is one request, like a line
-        self.body_limits = dict(body_limits or {})  # path prefix -> its own limit
+        self.body_limits = dict(body_limits or {})  # path prefix -> its own limit (uploads)
+        # An upload's bytes are reserved from a budget before its body is read.
+        self.admit = admit
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         self._partial: _Partial | None = None
         self._output = bytearray()
@@ -377,15 +386,20 @@ class HttpCodec(Codec):
         except UnicodeDecodeError:
             return self._reject(400, "the request line and header names must be ASCII")
         path = urlsplit(target).path
-        limit = self.max_body_bytes
+        limit, upload = self.max_body_bytes, False
         for prefix in sorted(self.body_limits, key=len):  # the longest match wins
             if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
-                limit = self.body_limits[prefix]
+                limit, upload = self.body_limits[prefix], True
         length = headers.get("content-length")
         if length is not None and int(length) > limit:  # h11 checked it is a number
             self._in_response = True  # answer now; the body is never read
             reject = self._too_large(limit)
             return HttpReject(reject.status, reject.code, reject.message, method, path)
+        wants = int(length) if length is not None else limit
+        if upload and method == "POST" and self.admit is not None and not self.admit(wants):
+            message = "too many uploads in progress here; retry shortly"
+            self._reject(503, message, "unavailable")
+            return HttpReject(503, "unavailable", message, method, path, retry_after=1)
         self._partial = _Partial(method, target, headers, limit=limit)
         if self._h11.they_are_waiting_for_100_continue:
             self._output += self._h11.send(h11.InformationalResponse(status_code=100, headers=[]))
@@ -400,9 +414,7 @@ class HttpCodec(Codec):
             query = dict(parse_qsl(split.query, keep_blank_values=True, errors="strict"))
         except (UnicodeDecodeError, ValueError):
             return self._reject(400, "the query is not valid UTF-8")
-        return HttpRequest(
-            partial.method, split.path or "/", query, partial.headers, bytes(partial.body)
-        )
+        return HttpRequest(partial.method, split.path or "/", query, partial.headers, partial.body)
 
     def _too_large(self, limit: int) -> HttpReject:
         return self._reject(413, f"the body is over the limit of {limit} bytes", "too_large")
@@ -479,6 +491,26 @@ class HttpCodec(Codec):
             self.must_close = True
             return
         self._in_response = False
+
+    # -- an answer in parts (a download) -----------------------------------------------
+    def begin_answer(self, status: int, headers: Mapping[str, str], length: int) -> bytes:
+        """The status line and headers of an answer whose ``length`` bytes of body
+        follow through ``answer_part`` (nothing for a HEAD), then ``end_answer``."""
+        fields = [(b"server", SERVER), (b"content-length", str(length).encode())]
+        fields += [(k.encode(), v.encode("latin-1")) for k, v in headers.items()]
+        if self.must_close:
+            fields.append((b"connection", b"close"))
+        out = self._send_response(status, fields)
+        assert out is not None, "a request just read can be answered"
+        return out
+
+    def answer_part(self, data: bytes) -> bytes:
+        return self._h11.send(h11.Data(data=data))
+
+    def end_answer(self) -> bytes:
+        out = self._h11.send(h11.EndOfMessage())
+        self._end_cycle(False)
+        return out
 
     # -- a live stream ---------------------------------------------------------------
     def start_stream(self, user: str, resume: Mapping[str, str], *, head: bool = False) -> bytes:

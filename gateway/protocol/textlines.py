@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from gateway.protocol.events import (
     Ack,
@@ -16,6 +16,7 @@ from gateway.protocol.events import (
     Cancelled,
     Error,
     Event,
+    FileInfo,
     HistoryResult,
     Joined,
     JoinRequest,
@@ -47,11 +48,13 @@ from gateway.protocol.values import printable, say_duration
 __all__ = [
     "ShortIds",
     "TextCodec",
+    "file_text",
     "moderation_lines",
     "reply_text",
     "reported_line",
     "room_lines",
     "schedule_lines",
+    "size_text",
     "unread_text",
     "warning_line",
 ]
@@ -84,6 +87,23 @@ class ShortIds:
     def target(self, n: int) -> tuple[str, str] | None:
         """(conversation, message id) of the message shown as [n], if still remembered."""
         return self._targets.get(n)
+
+
+def size_text(size: int) -> str:
+    """A byte count as people read it: ``512 B``, ``64 KiB``, ``1.5 MiB``."""
+    if size < 1024:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            break
+    return f"{value:.0f} {unit}" if value >= 100 or value == int(value) else f"{value:.1f} {unit}"
+
+
+def file_text(name: str, size: int) -> str:
+    """A file in a message line: ``[file] report.pdf (1.2 MiB)``."""
+    return f"[file] {printable(name)} ({size_text(size)})"
 
 
 def unread_text(unread: Mapping[str, int]) -> str:
@@ -257,6 +277,9 @@ class TextCodec(Codec):
         self.room = GENERAL
         self.ids = ShortIds()
         self.echo = ScheduleEcho()
+        # Where a file message's file can be fetched, set by the session (it knows the
+        # address clients reach); None shows files without a link.
+        self.file_url: Callable[[FileInfo], str] | None = None
 
     # -- reading -------------------------------------------------------------
     def parse_line(self, line: bytes) -> Command:
@@ -282,7 +305,13 @@ class TextCodec(Codec):
             where = f"(private to {m.to}) "
         else:
             where = "(private) "
-        return f"{clock} [{n}] {where}{m.from_}: {reply_text(m, self.ids)}{printable(m.text)}"
+        if m.file is None:
+            body = printable(m.text)
+        else:
+            body = file_text(m.file.name, m.file.size)
+            if self.file_url is not None:
+                body += f" {printable(self.file_url(m.file))}"
+        return f"{clock} [{n}] {where}{m.from_}: {reply_text(m, self.ids)}{body}"
 
     def encode(self, ev: Event) -> bytes:
         lines: list[str]

@@ -11,6 +11,7 @@
     rooms.py     rooms, members, join requests, invite links
     schedules.py scheduled messages
     tokens.py    the HTTP API's bearer tokens
+    files.py     the bytes of file messages, in chunks; each user's byte quota
 
 ``Store`` holds one of each and the conversions between a conversation's id and
 its name from a reader's side. The store knows nothing about sockets or
@@ -26,9 +27,10 @@ from typing import Final
 from redis.asyncio import Redis
 
 from gateway.errors import ClientError, Unavailable
-from gateway.protocol.events import Quote
+from gateway.protocol.events import FileInfo, Quote
 from gateway.store.accounts import Account, Accounts, LoginLimits, hash_password, verify_password
 from gateway.store.cursors import Cursors
+from gateway.store.files import FileLimits, Files
 from gateway.store.keys import GENERAL, Keys, dm_conversation, is_room
 from gateway.store.messages import Messages, SendResult, entry_to_message
 from gateway.store.moderation import Moderation, ModerationLimits
@@ -43,6 +45,7 @@ __all__ = [
     "GENERAL",
     "REDIS_DOWN",
     "Account",
+    "FileLimits",
     "Keys",
     "LoginLimits",
     "ModerationLimits",
@@ -75,6 +78,7 @@ class Store:
         login: LoginLimits | None = None,
         moderation: ModerationLimits | None = None,
         token_ttl_s: int = 86_400,
+        file_limits: FileLimits | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -97,6 +101,7 @@ class Store:
         self.moderation = Moderation(redis, keys, self.scripts, limits)
         self.schedules = Schedules(redis, keys, self.scripts)
         self.tokens = Tokens(redis, keys, token_ttl_s)
+        self.files = Files(redis, keys, message_ttl_s=message_ttl_s, limits=file_limits)
 
     def forget_cached(self) -> None:
         """Redis may have lost data (it restarted): look everything up again."""
@@ -174,12 +179,17 @@ class Store:
         cid: str | None = None,
         reply_to: str | None = None,
         scheduled: bool = False,
+        file: FileInfo | None = None,
     ) -> SendResult:
         """Store and publish one message; ``to`` is '#room' or the recipient's display name.
 
         A banned sender is refused first, and a message to a public room takes one
-        from the sender's quota (given back if the message is then refused).
+        from the sender's quota (given back if the message is then refused). A file
+        message carries a ``file`` stored in this conversation (``files.store`` or
+        ``files.finish``); its text is the file's name, for clients that know no files.
         """
+        if file is not None:
+            text = file.name
         room = is_room(conversation) and conversation != GENERAL
         public = conversation == GENERAL
         if room:
@@ -187,8 +197,9 @@ class Store:
         taken = await self.moderation.admit(sender, counts=public, cid=cid)
         try:
             return await self._send(
-                sender, conversation, to, text, cid=cid, reply_to=reply_to, scheduled=scheduled
-            )
+                sender, conversation, to, text, cid=cid, reply_to=reply_to, scheduled=scheduled,
+                file=file,
+            )  # fmt: skip
         except (ClientError, Unavailable):
             if taken:
                 await self.moderation.refund(sender, cid)
@@ -204,10 +215,17 @@ class Store:
         cid: str | None,
         reply_to: str | None,
         scheduled: bool,
+        file: FileInfo | None = None,
     ) -> SendResult:
         k = self.keys
         room = is_room(conversation) and conversation != GENERAL
         quote = None
+        if file is not None:
+            # The message's file is the stored one: a file of another conversation, or
+            # one described wrongly, is not passed along under this conversation's name.
+            found = await self.files.info(file.fid)
+            if found != (conversation, file):
+                raise ClientError("not_found", f"no file {file.fid} in {to}")
         if reply_to is not None:
             if room and not await self.rooms.is_member(conversation, sender):
                 raise ClientError("forbidden", f"you are not a member of {conversation}")
@@ -226,6 +244,7 @@ class Store:
             return await self.messages.send(
                 sender, conversation, to, text, channels=channels, cid=cid, reply_to=reply_to,
                 lists=lists, member=sender if room else None, quote=quote, scheduled=scheduled,
+                file=file,
             )  # fmt: skip
         except ClientError as exc:
             # Not a member: of a room that may have closed since it was looked up.

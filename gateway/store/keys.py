@@ -73,6 +73,11 @@ class Keys:
         """String: this client id was already counted against the quota (retries count once)."""
         return f"{self.prefix}:{{u:{user.lower()}}}:qcid:{cid}"
 
+    def file_quota(self, user: str) -> str:
+        """String: bytes of files the user stored in the current file-quota window
+        (``--file-quota-bytes`` per ``--file-quota-window-s``); expires when it ends."""
+        return f"{self.prefix}:{{u:{user.lower()}}}:fileq"
+
     def ban(self, user: str) -> str:
         """String: when the user's ban ends (ms); expires then. Deleting it lifts the ban."""
         return f"{self.prefix}:{{u:{user.lower()}}}:ban"
@@ -97,6 +102,12 @@ class Keys:
         """Sorted set: digest of each of the user's HTTP tokens -> when it was made (ms);
         the oldest go past ``MAX_TOKENS_PER_USER``. The ``token`` keys are the truth."""
         return f"{self.prefix}:{{u:{user.lower()}}}:tokens"
+
+    @property
+    def link_secret(self) -> str:
+        """String: the key every gateway signs file links with (made once, SET NX).
+        Replacing it makes every file link shown so far stop working."""
+        return f"{self.prefix}:linksecret"
 
     def token(self, digest: str) -> str:
         """String: an HTTP bearer token's SHA-256 (never the token) -> the user's display
@@ -148,6 +159,23 @@ class Keys:
     def thread(self, conversation: str, message_id: str) -> str:
         """List: the ids of the replies to one message, oldest first."""
         return f"{self.prefix}:{{c:{conversation}}}:re:{message_id}"
+
+    # -- files -------------------------------------------------------------------
+    def file(self, conversation: str, fid: str) -> str:
+        """Hash: a file sent in the conversation: name, size, sha256, mime, from, created
+        (ms), chunks, state (``uploading``, ``finishing``, ``done``). An upload in progress
+        expires 10 minutes after its last chunk; a done file with the messages."""
+        return f"{self.prefix}:{{c:{conversation}}}:file:{fid}"
+
+    def file_data(self, conversation: str, fid: str) -> str:
+        """Hash: chunk index ("0", "1", ...) -> up to 64 KiB of the file's bytes; expires
+        with the ``file`` hash."""
+        return f"{self.prefix}:{{c:{conversation}}}:fdata:{fid}"
+
+    def file_index(self, fid: str) -> str:
+        """String: fid -> the conversation the file was sent in, so a download finds it
+        from the fid alone. Written once the file is done; expires with it."""
+        return f"{self.prefix}:file:{fid}"
 
     # -- rooms -------------------------------------------------------------------
     def room(self, room: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,14 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from gateway.errors import ClientError, Unavailable
-from gateway.protocol.events import Message, Quote, message_json_tail
+from gateway.protocol.events import (
+    FileInfo,
+    Message,
+    Quote,
+    file_from_dict,
+    file_json,
+    message_json_tail,
+)
 from gateway.protocol.values import MAX_STREAM_ID, format_stream_id, parse_stream_id
 from gateway.store.keys import Keys
 from gateway.store.redis import REDIS_DOWN, Scripts, boundary
@@ -67,7 +75,20 @@ def entry_to_message(
         quote=quote,
         replies=replies,
         scheduled=fields.get("sched") == "1",
+        file=_stored_file(fields.get("file")),
     )
+
+
+def _stored_file(raw: str | None) -> FileInfo | None:
+    """The ``file`` field of a stream or log entry. One entry edited by hand (or
+    broken) shows as a plain message rather than break a page of history."""
+    if not raw:
+        return None
+    try:
+        return file_from_dict(json.loads(raw))
+    except (ValueError, TypeError, KeyError):
+        log.warning("ignored a malformed file field: %.100r", raw)
+        return None
 
 
 def _id_before(sid: str) -> str:
@@ -158,6 +179,7 @@ class Messages:
         member: str | None = None,
         quote: Quote | None = None,
         scheduled: bool = False,
+        file: FileInfo | None = None,
     ) -> SendResult:
         """Store a message and publish it on ``channels``, in one atomic step; then log it.
 
@@ -165,9 +187,11 @@ class Messages:
         ``lists`` are the two users' conversation lists for a direct conversation.
         ``member``: the step refuses the send unless this name is in the room's members.
         ``quote``: the start of the ``reply_to`` message, kept with the reply.
+        ``file``: a file message's file (stored already), kept with the message.
         """
         k = self.keys
         stream = k.stream(conversation)
+        stored_file = file_json(file) if file is not None else ""
         args: list[Any] = [
             sender,
             to,
@@ -177,17 +201,20 @@ class Messages:
             "1" if cid else "0",
             self.min_id() if self.message_ttl_s else "",
             self.history_max_len,
-            message_json_tail(sender, to, text, reply_to, quote, scheduled),
+            message_json_tail(sender, to, text, reply_to, quote, scheduled, file),
             (member or "").lower(),
             self.message_ttl_s * 1000,
             quote.from_ if quote else "",
             quote.text if quote else "",
             "1" if scheduled else "",
+            stored_file,
             *channels,
         ]
         log_fields = {"id": "", "to": to, "text": text}
         if reply_to:
             log_fields["reply_to"] = reply_to
+        if stored_file:
+            log_fields["file"] = stored_file
         touch = None
         if lists is not None and self._due_touch(conversation):
             touch = (lists[0], lists[1], conversation)
@@ -484,6 +511,7 @@ class Messages:
                     text=fields.get("text", ""),
                     ts=int(sid.partition("-")[0]),
                     reply_to=fields.get("reply_to") or None,
+                    file=_stored_file(fields.get("file")),
                 )
             )
         return out

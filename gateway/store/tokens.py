@@ -10,8 +10,10 @@ with it on any gateway.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import secrets
+import time
 from typing import Final
 
 from redis.asyncio import Redis
@@ -20,10 +22,11 @@ from gateway.store.keys import Keys
 from gateway.store.redis import boundary
 from gateway.store.time import now_ms
 
-__all__ = ["MAX_TOKENS_PER_USER", "Tokens", "digest_of"]
+__all__ = ["LINK_TTL_S", "MAX_TOKENS_PER_USER", "Tokens", "digest_of"]
 
 MAX_TOKENS_PER_USER: Final = 100
 TOKEN_BYTES: Final = 24  # 192 random bits, 32 characters in base64url
+LINK_TTL_S: Final = 86_400  # a file link works this long after it was shown
 
 
 def digest_of(token: str) -> str:
@@ -36,6 +39,7 @@ class Tokens:
         self.redis = redis
         self.keys = keys
         self.ttl_s = ttl_s
+        self._secret: bytes | None = None
 
     async def create(self, user: str) -> str:
         """A new token for ``user`` (display name)."""
@@ -67,6 +71,36 @@ class Tokens:
             return None
         await self._drop(str(name), [digest])
         return str(name)
+
+    # -- signed file links: a download for people with nothing but curl -------------
+    async def load_secret(self) -> None:
+        """Fetch (or make, once for every gateway) the key file links are signed with."""
+        key = self.keys.link_secret
+        await self.redis.set(key, secrets.token_hex(32), nx=True)
+        value = await self.redis.get(key)
+        if value is not None:
+            self._secret = str(value).encode()
+
+    def sign(self, fid: str, user: str, now_s: float | None = None) -> tuple[int, str] | None:
+        """(expiry in s since the epoch, signature) of a link to file ``fid`` for ``user``,
+        or None while the key is not loaded."""
+        if self._secret is None:
+            return None
+        expires = int(now_s if now_s is not None else time.time()) + LINK_TTL_S
+        return expires, self._mac(fid, user, expires)
+
+    def check(self, fid: str, user: str, expires: str, signature: str) -> bool:
+        """A link's signature is ours and it has not expired."""
+        if self._secret is None or not expires.isascii() or not expires.isdigit():
+            return False
+        if int(expires) < time.time() or len(expires) > 12:
+            return False
+        return hmac.compare_digest(self._mac(fid, user, int(expires)), signature)
+
+    def _mac(self, fid: str, user: str, expires: int) -> str:
+        assert self._secret is not None
+        text = f"{fid}\n{user.lower()}\n{expires}".encode("utf-8", "surrogatepass")
+        return hmac.new(self._secret, text, hashlib.sha256).hexdigest()[:32]
 
     async def _drop(self, user: str, digests: list[str]) -> None:
         event = {"type": "logout", "token": ""}

@@ -1,6 +1,7 @@
 -- One message, one atomic step on one conversation's keys: check the sender may
 -- write here (a room's member), dedupe by client id, check the replied-to message,
--- number it, append (marked if it was scheduled), trim, count it in its thread, remember the client id, publish.
+-- number it, append (marked if it was scheduled, with its file if it carries one),
+-- trim, count it in its thread, remember the client id, publish.
 -- Returns {1, id} stored, {0, id} a retry of a stored message, {-1, ''} no such
 -- reply_to, {-2, ''} not a member of the room.
 local stream, cid_key, seq_key = KEYS[1], KEYS[2], KEYS[3]
@@ -10,7 +11,8 @@ local cid_ttl_s, has_cid = ARGV[5], ARGV[6] == '1'
 local min_id, max_len, json_tail = ARGV[7], ARGV[8], ARGV[9]
 local member, ttl_ms, re_from, re_text = ARGV[10], tonumber(ARGV[11]), ARGV[12], ARGV[13]
 local scheduled = ARGV[14] == '1'
-local first_channel = 15
+local file = ARGV[15]  -- the file's JSON object, '' for a text message
+local first_channel = 16
 
 if member ~= '' and not redis.call('ZSCORE', members_key, member) then
   return {-2, ''}
@@ -33,6 +35,10 @@ end
 if scheduled then
   fields[#fields + 1] = 'sched'
   fields[#fields + 1] = '1'
+end
+if file ~= '' then
+  fields[#fields + 1] = 'file'
+  fields[#fields + 1] = file
 end
 local id = redis.call('XADD', stream, 'MAXLEN', '~', max_len, '*', unpack(fields))
 if reply_to ~= '' then
