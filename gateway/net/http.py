@@ -129,7 +129,9 @@ class HttpExchange:
     async def _serve(self, item: HttpRequest | HttpReject) -> None:
         start = time.monotonic()
         if isinstance(item, HttpReject):
-            await self._write(item.status, error_body(item.code, item.message), head=False)
+            retry = {"Retry-After": str(item.retry_after)} if item.retry_after else {}
+            body = error_body(item.code, item.message)
+            await self._write(item.status, body, head=False, headers=retry)
             log.info(
                 "http %s %s %d user=None peer=%s: %s",
                 item.method, item.path[:200], item.status, self.session.peer, item.message,
@@ -240,6 +242,8 @@ class HttpExchange:
             raise _refuse(400, exc.code, exc.message) from None
         if not name:
             raise _refuse(400, "bad_request", "say the file's name: POST /files?to=..&name=..")
+        if "content-length" not in req.headers and "transfer-encoding" not in req.headers:
+            raise _refuse(411, "bad_request", "an upload needs its Content-Length")
         mime = query.get("mime") or req.headers.get("content-type", "")
         if not mime or mime.startswith("application/x-www-form-urlencoded"):  # curl's default
             mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
@@ -255,6 +259,7 @@ class HttpExchange:
         gets 404, as for a file that does not exist."""
         store, query = self.gw.store, req.query
         if "s" in query:
+            await store.tokens.ensure_secret()
             user = query.get("u", "")
             if not store.tokens.check(fid, user, query.get("e", ""), query.get("s", "")):
                 raise _refuse(401, "not_logged_in", "this link is not valid, or has expired")

@@ -82,6 +82,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self.uploads_in_flight = 0  # bytes of HTTP upload bodies being read or stored
+        self._secret_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
@@ -155,10 +156,17 @@ class Gateway:
         """A link to a file that works with curl alone: signed for ``user``, expiring."""
         base = self.settings.public_url.rstrip("/") or base
         signed = self.store.tokens.sign(fid, user)
-        if signed is None:
-            return f"{base}/files/{fid}"  # needs a token until the key is loaded
+        if signed is None:  # Redis was down at start: fetch the key for the next link
+            if self._secret_task is None or self._secret_task.done():
+                self._secret_task = asyncio.create_task(self.load_link_key())
+            return f"{base}/files/{fid}"  # needs a token meanwhile
         expires, signature = signed
         return f"{base}/files/{fid}?u={quote(user)}&e={expires}&s={signature}"
+
+    async def load_link_key(self) -> None:
+        """The key file links are signed with, if it was not loaded at start."""
+        with contextlib.suppress(Unavailable):
+            await self.store.tokens.ensure_secret()
 
     def forget(self, session: Session) -> None:
         if session in self.sessions:

@@ -557,6 +557,10 @@ class Session(asyncio.Protocol):
     async def begin_sync(self, user: str) -> None:
         if self.state is State.CLOSED:
             raise asyncio.CancelledError
+        if isinstance(self.codec, TextCodec):
+            await self.gw.load_link_key()  # its file lines carry signed links
+            if self.state is State.CLOSED:
+                raise asyncio.CancelledError
         self.user = user
         self._to(State.SYNCING)
         if isinstance(self.codec, TextCodec):

@@ -27,7 +27,7 @@ from typing import Final
 from redis.asyncio import Redis
 
 from gateway.errors import ClientError, Unavailable
-from gateway.protocol.events import FileInfo, Quote
+from gateway.protocol.events import FileInfo, Message, Quote
 from gateway.store.accounts import Account, Accounts, LoginLimits, hash_password, verify_password
 from gateway.store.cursors import Cursors
 from gateway.store.files import FileLimits, Files
@@ -180,6 +180,7 @@ class Store:
         reply_to: str | None = None,
         scheduled: bool = False,
         file: FileInfo | None = None,
+        admitted: bool = False,
     ) -> SendResult:
         """Store and publish one message; ``to`` is '#room' or the recipient's display name.
 
@@ -190,11 +191,12 @@ class Store:
         """
         if file is not None:
             text = file.name
-        room = is_room(conversation) and conversation != GENERAL
-        public = conversation == GENERAL
-        if room:
-            public = await self._room_private(conversation) is False
-        taken = await self.moderation.admit(sender, counts=public, cid=cid)
+        if admitted:  # the caller ran ``admit`` (a file checks before storing its bytes)
+            return await self._send(
+                sender, conversation, to, text, cid=cid, reply_to=reply_to, scheduled=scheduled,
+                file=file,
+            )  # fmt: skip
+        taken = await self.admit(sender, conversation, cid)
         try:
             return await self._send(
                 sender, conversation, to, text, cid=cid, reply_to=reply_to, scheduled=scheduled,
@@ -204,6 +206,19 @@ class Store:
             if taken:
                 await self.moderation.refund(sender, cid)
             raise
+
+    async def admit(self, sender: str, conversation: str, cid: str | None) -> bool:
+        """Refuse a banned sender, or one over the public-chat rate limit when the
+        conversation is public; whether a quota unit was taken (``moderation.refund``)."""
+        public = conversation == GENERAL
+        if is_room(conversation) and conversation != GENERAL:
+            public = await self._room_private(conversation) is False
+        return await self.moderation.admit(sender, counts=public, cid=cid)
+
+    async def sent_before(self, conversation: str, sender: str, cid: str) -> Message | None:
+        """The message ``sender`` already stored with client id ``cid``, if any (a retry)."""
+        sid = await self.redis.get(self.keys.sent(conversation, sender, cid))
+        return None if sid is None else await self.messages.read_one(conversation, str(sid))
 
     async def _send(
         self,

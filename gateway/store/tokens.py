@@ -81,6 +81,10 @@ class Tokens:
         if value is not None:
             self._secret = str(value).encode()
 
+    async def ensure_secret(self) -> None:
+        if self._secret is None:
+            await self.load_secret()
+
     def sign(self, fid: str, user: str, now_s: float | None = None) -> tuple[int, str] | None:
         """(expiry in s since the epoch, signature) of a link to file ``fid`` for ``user``,
         or None while the key is not loaded."""
