@@ -6,6 +6,11 @@ the awaiting call; everything else (live messages, notices, errors without a rid
 arrives on ``events()``. ``Connection.seen`` keeps the last message id per
 conversation, from the reader's side, ready to pass as ``since`` when resuming.
 
+Files travel in chunks (docs/protocol.md, "Files"): ``upload`` sends a file with a
+few chunks in flight and returns the file message's ``ack``; ``download`` fetches
+one by its ``fid`` and checks nothing but the order of its chunks (callers that know
+the file's SHA-256, from its message, check it).
+
 No terminal code here, and no reconnect policy: ``client.resilient`` builds that
 on top.
 """
@@ -13,12 +18,17 @@ on top.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import hashlib
 import itertools
 import json
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import IO, Any, Final
 
 __all__ = [
     "ChatClient",
@@ -26,11 +36,16 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "LoginResult",
+    "Progress",
     "conversation_of",
     "id_key",
 ]
 
 MAX_LINE = 8 << 20
+UPLOAD_WINDOW: Final = 4  # chunks in flight: enough to hide a round trip, little to lose
+HASH_READ: Final = 1 << 20
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
 
 
 class ChatError(Exception):
@@ -104,6 +119,124 @@ class ChatClient:
     async def status(self) -> dict[str, Any]:
         return dict(await self.request("status"))
 
+    def request_stream(
+        self, op: str, timeout: float | None = 30.0, **fields: Any
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Send one request answered by several events; yields them up to and with the
+        one that has ``last: true``. An ``error`` raises ChatError."""
+        raise NotImplementedError
+
+    # -- files --------------------------------------------------------------------
+    async def upload(
+        self,
+        source: bytes | bytearray | str | os.PathLike[str],
+        to: str,
+        *,
+        name: str | None = None,
+        mime: str | None = None,
+        cid: str | None = None,
+        progress: Progress | None = None,
+        window: int = UPLOAD_WINDOW,
+        timeout: float | None = 30.0,
+    ) -> dict[str, Any]:
+        """Send a file (its bytes, or a path, read as it goes) to ``to``; returns the
+        ``ack`` with ``id`` and ``file``. A refused chunk aborts the upload."""
+        with contextlib.ExitStack() as stack:
+            if isinstance(source, bytes | bytearray):
+                data = bytes(source)
+                size, digest = len(data), hashlib.sha256(data).hexdigest()
+
+                def piece(start: int, length: int) -> bytes:
+                    return data[start : start + length]
+            else:
+                path = Path(source)
+                name = name or path.name
+                f = stack.enter_context(await asyncio.to_thread(path.open, "rb"))
+                size, digest = await asyncio.to_thread(_hash_of, f)
+
+                def piece(start: int, length: int) -> bytes:
+                    f.seek(start)
+                    return f.read(length)
+
+            if name is None:
+                raise ValueError("an upload of bytes needs a name")
+            fields: dict[str, Any] = {"to": to, "name": name, "size": size, "sha256": digest}
+            fields |= {k: v for k, v in (("mime", mime), ("cid", cid)) if v is not None}
+            started = await self.request("upload", timeout=timeout, **fields)
+            uid, step = str(started["uid"]), int(started["chunk_bytes"])
+            await self._send_chunks(uid, step, int(started["chunks"]), size, piece,
+                                    progress, max(1, window), timeout)  # fmt: skip
+        return dict(await self.request("finish_upload", timeout=timeout, uid=uid))
+
+    async def _send_chunks(
+        self, uid: str, step: int, count: int, size: int, piece: Callable[[int, int], bytes],
+        progress: Progress | None, window: int, timeout: float | None,
+    ) -> None:  # fmt: skip
+        done = 0
+        if progress is not None:
+            progress(0, size)
+        flying: dict[asyncio.Task[Any], int] = {}
+        try:
+            for seq in range(count):
+                chunk = piece(seq * step, step)
+                data = base64.b64encode(chunk).decode("ascii")
+                task = asyncio.ensure_future(
+                    self.request("chunk", timeout=timeout, uid=uid, seq=seq, data=data)
+                )
+                flying[task] = len(chunk)
+                while len(flying) >= window or (seq == count - 1 and flying):
+                    finished, _ = await asyncio.wait(flying, return_when=asyncio.FIRST_COMPLETED)
+                    for task in finished:
+                        done += flying.pop(task)
+                        task.result()  # a refused chunk raises here
+                    if progress is not None:
+                        progress(done, size)
+        except ChatError:
+            # The server refused a chunk: say so, so nothing waits for its expiry.
+            with contextlib.suppress(ChatError, ConnectionClosed, TimeoutError):
+                await self.request("abort_upload", timeout=timeout, uid=uid)
+            raise
+        finally:
+            for task in flying:
+                task.cancel()
+            await asyncio.gather(*flying, return_exceptions=True)
+
+    async def download(
+        self, fid: str, *, progress: Progress | None = None, timeout: float | None = 30.0
+    ) -> bytes:
+        """A file's bytes, by its ``fid``."""
+        out = bytearray()
+        seq = 0
+        # Closed at once if left early (its connection then drops the rest of it).
+        async with contextlib.aclosing(
+            self.request_stream("fetch", timeout=timeout, fid=fid)
+        ) as events:
+            async for ev in events:
+                if ev.get("type") != "file_chunk" or ev.get("seq") != seq:
+                    raise ChatError(_bad_reply(f"expected chunk {seq} of {fid}, got {ev!r:.100}"))
+                try:
+                    out += base64.b64decode(str(ev.get("data", "")), validate=True)
+                except (binascii.Error, ValueError):
+                    raise ChatError(_bad_reply(f"chunk {seq} of {fid} is not base64")) from None
+                seq += 1
+                if progress is not None:
+                    size = ev.get("size")
+                    progress(len(out), size if isinstance(size, int) else len(out))
+        return bytes(out)
+
+
+def _hash_of(f: IO[bytes]) -> tuple[int, str]:
+    """(size, SHA-256) of an open file, read a megabyte at a time."""
+    digest, size = hashlib.sha256(), 0
+    while block := f.read(HASH_READ):
+        digest.update(block)
+        size += len(block)
+    return size, digest.hexdigest()
+
+
+def _bad_reply(message: str) -> dict[str, Any]:
+    return {"type": "error", "code": "bad_reply", "message": message}
+
 
 class Connection(ChatClient):
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -113,6 +246,8 @@ class Connection(ChatClient):
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._logins: dict[str, LoginResult] = {}
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._streams: dict[str, asyncio.Queue[dict[str, Any] | None]] = {}
+        self._abandoned: set[str] = set()  # streams left early: the rest of them is dropped
         self.user: str | None = None
         self.seen: dict[str, str] = {}
         self.closed = asyncio.Event()
@@ -143,10 +278,39 @@ class Connection(ChatClient):
             self._pending.pop(rid, None)
             self._logins.pop(rid, None)
 
+    async def request_stream(
+        self, op: str, timeout: float | None = 30.0, **fields: Any
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Send one request answered by several events (``fetch``): yields them up to
+        and with the one that has ``last: true``; ``timeout`` is per event."""
+        rid = f"r{next(self._rids)}"
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._streams[rid] = queue
+        ended = False
+        try:
+            self.write({"op": op, "rid": rid, **fields})
+            while not ended:
+                ev = await asyncio.wait_for(queue.get(), timeout)
+                if ev is None:
+                    ended = True
+                    raise ConnectionClosed(self.close_reason or "connection closed")
+                if ev.get("type") == "error":
+                    ended = True
+                    raise ChatError(ev)
+                ended = ev.get("last") is True
+                yield ev
+        finally:
+            self._streams.pop(rid, None)
+            if not ended:
+                self._abandoned.add(rid)
+
     def write(self, obj: dict[str, Any]) -> None:
         if self._writer.is_closing():
             raise ConnectionClosed(self.close_reason or "connection closed")
-        self._writer.write(json.dumps(obj, ensure_ascii=False).encode() + b"\n")
+        # Compact, and ``op`` first (the dict's order): a chunk's line must start with
+        # exactly {"op":"chunk", to get the longer line bound.
+        line = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+        self._writer.write(line + b"\n")
 
     async def login(
         self, user: str, password: str, since: dict[str, str] | None = None, timeout: float = 60.0
@@ -216,6 +380,8 @@ class Connection(ChatClient):
         kind = ev.get("type")
         rid = ev.get("rid")
         rid = str(rid) if rid is not None else None
+        if rid is not None and kind != "message" and self._streamed(rid, ev):
+            return
         fut = self._pending.get(rid) if rid is not None else None
         if kind == "message":
             self._note_seen(ev)
@@ -235,6 +401,18 @@ class Connection(ChatClient):
                 fut.set_result(ev)
             return
         self._events.put_nowait(ev)
+
+    def _streamed(self, rid: str, ev: dict[str, Any]) -> bool:
+        """An event of a stream: handed to it (or dropped, if it was left early)."""
+        stream = self._streams.get(rid)
+        if stream is not None:
+            stream.put_nowait(ev)
+            return True
+        if rid in self._abandoned:
+            if ev.get("last") is True or ev.get("type") == "error":
+                self._abandoned.discard(rid)
+            return True
+        return False
 
     async def _read_forever(self) -> None:
         try:
@@ -257,6 +435,8 @@ class Connection(ChatClient):
             for fut in self._pending.values():
                 if not fut.done():
                     fut.set_exception(ConnectionClosed(self.close_reason or "connection closed"))
+            for stream in self._streams.values():
+                stream.put_nowait(None)
             self._events.put_nowait(None)
 
     async def close(self) -> None:

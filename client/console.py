@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,8 +39,16 @@ from prompt_toolkit.output import Output
 from prompt_toolkit.shortcuts import print_formatted_text
 from prompt_toolkit.styles import Style
 
-from client.commands import COMMANDS, HELP, Invalid, parse
+from client.commands import COMMANDS, HELP, DownloadFile, Invalid, Local, UploadFile, parse
 from client.connection import ChatError, ConnectionClosed
+from client.files import (
+    FileCheckError,
+    check_download,
+    safe_file_name,
+    save_file,
+    source_path,
+    target_path,
+)
 from client.render import (
     STYLE,
     Fragments,
@@ -48,6 +58,7 @@ from client.render import (
     message_line,
     moderation_line,
     plain,
+    progress_text,
     status_line,
     welcome_line,
 )
@@ -64,11 +75,12 @@ from gateway.protocol.ops import (
     Switch,
     request_of,
 )
-from gateway.protocol.textlines import ScheduleEcho, room_lines, schedule_lines
+from gateway.protocol.textlines import ScheduleEcho, room_lines, schedule_lines, size_text
 
 __all__ = ["Chat", "ChatCompleter", "Console", "Options", "render_event", "run_script"]
 
 MAX_UNACKED_IN_SCRIPT: Final = 256
+KNOWN_FILES: Final = 1000  # files of messages shown, for /download (as many as ShortIds)
 ECHO_WAIT_S: Final = 3.0
 PASSWORD_TRIES: Final = 3
 
@@ -96,8 +108,8 @@ def read_password_file(path: str) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _is_request(cmd: Command | Invalid) -> bool:
-    """A command the server answers with one reply (history, status, report, ...)."""
+def _is_request(cmd: Command | Local | Invalid) -> bool:
+    """A command that waits for the server (history, status, an upload, ...)."""
     return not isinstance(cmd, Send | Quit | Help | Login | Ping | Invalid)
 
 
@@ -170,6 +182,11 @@ class Chat:
         self.rooms: set[str] = set()  # rooms the user is in, for completion
         self.request_timeout_s = request_timeout_s
         self.echo = ScheduleEcho()  # a schedule's answer and its push: shown once
+        self.files: OrderedDict[str, dict[str, Any]] = OrderedDict()  # message id -> file
+        # Uploads and downloads under way: what a progress bar shows, and who to tell.
+        self.transfers: dict[int, str] = {}
+        self.on_progress: Callable[[], None] = lambda: None
+        self._transfer_ids = itertools.count(1)
 
     def output(self, ev: dict[str, Any]) -> None:
         # Number messages here, not when drawing, so /reply works in every mode.
@@ -200,6 +217,11 @@ class Chat:
         mine = sender.lower() == self.client.user.lower()
         conversation = to if to.startswith("#") or mine else sender
         self.ids.number(str(m.get("id", "")), conversation)
+        file = m.get("file")
+        if isinstance(file, Mapping):  # so that /download <n> finds it
+            self.files[str(m.get("id", ""))] = dict(file)
+            if len(self.files) > KNOWN_FILES:
+                self.files.popitem(last=False)
 
     def local_error(self, code: str, message: str) -> None:
         self.output({"type": "error", "code": code, "message": message, "local": True})
@@ -209,16 +231,20 @@ class Chat:
         if not self.client.connected:
             self.output({"type": "connection", "text": "not connected: sending after reconnecting"})
 
-    def parse(self, line: str) -> Command | Invalid | None:
+    def parse(self, line: str) -> Command | Local | Invalid | None:
         return parse(line, self.ids.target, room=self.room)
 
-    async def execute(self, cmd: Command | Invalid) -> bool:
+    async def execute(self, cmd: Command | Local | Invalid) -> bool:
         """Run one command; False when it asks to quit."""
         match cmd:
             case Quit():
                 return False
             case Send():
                 self.send(cmd.to, cmd.text, reply_to=cmd.reply_to)
+            case UploadFile():
+                await self.upload(cmd)
+            case DownloadFile():
+                await self.download(cmd)
             case Help():
                 self.output({"type": "notice", "text": HELP})
             case Invalid():
@@ -239,6 +265,81 @@ class Chat:
             return
         self.room = to
         self.output({"type": "notice", "text": f"your plain lines now go to {to}"})
+
+    # -- files ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _transfer(self, what: str) -> Iterator[Callable[[int, int], None]]:
+        """A progress bar for as long as the transfer runs; yields its update."""
+        key = next(self._transfer_ids)
+
+        def update(done: int, total: int) -> None:
+            self.transfers[key] = progress_text(what, done, total)
+            self.on_progress()
+
+        try:
+            yield update
+        finally:
+            self.transfers.pop(key, None)
+            self.on_progress()
+
+    async def upload(self, cmd: UploadFile) -> None:
+        path = await asyncio.to_thread(source_path, cmd.path)
+        to = cmd.to or self.room
+        name = safe_file_name(path.name)
+        if not await asyncio.to_thread(path.is_file):
+            self.local_error("not_found", f"no file {path}")
+            return
+        try:
+            with self._transfer(f"uploading {name}") as progress:
+                ack = await self.client.upload(
+                    path, to, name=name, progress=progress, timeout=self.request_timeout_s
+                )
+        except ChatError as exc:
+            reason = str(exc.event.get("message", ""))
+            self.local_error(exc.code, f"{name} was not sent: {reason}")
+        except (ConnectionClosed, TimeoutError):
+            self.local_error("not_connected", f"{name} was not sent: the connection was lost")
+        except OSError as exc:
+            self.local_error("unreadable", f"cannot read {path}: {exc.strerror or exc}")
+        else:
+            size = int(ack.get("file", {}).get("size", 0))
+            self.output({"type": "notice", "text": f"sent {name} ({size_text(size)}) to {to}"})
+
+    async def download(self, cmd: DownloadFile) -> None:
+        target = self.ids.target(cmd.n)
+        file = self.files.get(target[1]) if target is not None else None
+        if target is None:
+            self.local_error("not_found", f"no message [{cmd.n}] on this screen")
+            return
+        if file is None:
+            self.local_error("bad_request", f"message [{cmd.n}] is not a file")
+            return
+        name = str(file.get("name", ""))
+        path = await asyncio.to_thread(target_path, name, cmd.path)
+        if not cmd.force and await asyncio.to_thread(path.exists):
+            self.local_error("exists", f"{path} exists; add -f to overwrite it")
+            return
+        try:
+            with self._transfer(f"downloading {safe_file_name(name)}") as progress:
+                data = await self.client.download(
+                    str(file.get("fid", "")), progress=progress, timeout=self.request_timeout_s
+                )
+            check_download(data, file)
+            await asyncio.to_thread(save_file, path, data, cmd.force)
+        except ChatError as exc:
+            reason = str(exc.event.get("message", ""))
+            self.local_error(exc.code, f"{name} was not downloaded: {reason}")
+        except (ConnectionClosed, TimeoutError):
+            self.local_error("not_connected", f"{name} was not downloaded: the connection was lost")
+        except FileCheckError as exc:
+            self.local_error("bad_file", f"{name} was not saved: {exc}")
+        except FileExistsError:
+            self.local_error("exists", f"{path} exists; add -f to overwrite it")
+        except OSError as exc:
+            self.local_error("unwritable", f"cannot write {path}: {exc.strerror or exc}")
+        else:
+            text = f"saved {name} ({size_text(len(data))}, sha256 checked) to {path}"
+            self.output({"type": "notice", "text": text})
 
     async def _request(self, cmd: Command) -> None:
         op, fields = request_of(cmd)
@@ -350,12 +451,18 @@ class Console:
             self.session.app.invalidate()
 
     def _toolbar(self) -> FormattedText:
+        bars = self.chat.transfers.values() if self.chat is not None else ()
+        transfers = "".join(f" · {bar}" for bar in bars)
         if self.link.state is LinkState.UP and self.client is not None:
             pending = len(self.client.unacked)
             waiting = f" · sending {pending}" if pending else ""
-            text = f" {self.client.user} @ gateway {self.link.gateway}{waiting} · /help · Tab"
-            return FormattedText([("", text)])
-        return FormattedText([("class:link", " " + self.link.describe())])
+            text = f" {self.client.user} @ gateway {self.link.gateway}{waiting}{transfers}"
+            return FormattedText([("", text + (" · /help · Tab" if not transfers else ""))])
+        return FormattedText([("class:link", " " + self.link.describe() + transfers)])
+
+    def _redraw(self) -> None:
+        if self.session is not None:
+            self.session.app.invalidate()
 
     # -- life ---------------------------------------------------------------------
     async def _ask(self, message: str, password: bool = False) -> str:
@@ -402,6 +509,7 @@ class Console:
             return 1
         self.client = client
         self.chat = chat = Chat(client, self.show, self.options.request_timeout_s)
+        chat.on_progress = self._redraw  # the bottom bar shows transfers' progress
         self.session = session = PromptSession[str](
             input=self.input,
             output=self.out,

@@ -19,7 +19,13 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from gateway.protocol import Quota, Reported, ReportWarning, ShortIds, StatusResult, printable
-from gateway.protocol.textlines import file_text, moderation_lines, reported_line, warning_line
+from gateway.protocol.textlines import (
+    file_text,
+    moderation_lines,
+    reported_line,
+    size_text,
+    warning_line,
+)
 
 __all__ = [
     "STYLE",
@@ -32,6 +38,7 @@ __all__ = [
     "name_class",
     "plain",
     "printable",
+    "progress_text",
     "status_line",
     "unread_text",
     "welcome_line",
@@ -189,3 +196,11 @@ def error_line(code: str, message: str) -> Fragments:
 
 def info_line(text: str, style: str = "class:info") -> Fragments:
     return [(style, "** " + printable(text))]
+
+
+def progress_text(what: str, done: int, total: int, width: int = 20) -> str:
+    """A transfer as a bar: ``uploading a.bin [########------------] 40% 2 MiB/5 MiB``."""
+    share = 1.0 if total <= 0 else min(1.0, max(0.0, done / total))
+    filled = int(share * width)
+    bar = "#" * filled + "-" * (width - filled)
+    return f"{printable(what)} [{bar}] {int(share * 100)}% {size_text(done)}/{size_text(total)}"

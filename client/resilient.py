@@ -32,7 +32,7 @@ import enum
 import random
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -266,6 +266,23 @@ class ResilientClient(ChatClient):
             raise ConnectionClosed("not connected") from None
         assert self._conn is not None
         return await self._conn.request(op, timeout=timeout, **fields)
+
+    async def request_stream(
+        self, op: str, timeout: float | None = None, **fields: Any
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """A request answered by several events, on the current connection (which, if
+        it drops meanwhile, ends the stream with ConnectionClosed)."""
+        timeout = self.timeout_s if timeout is None else timeout
+        try:
+            await asyncio.wait_for(self._up.wait(), timeout)
+        except TimeoutError:
+            raise ConnectionClosed("not connected") from None
+        assert self._conn is not None
+        async with contextlib.aclosing(
+            self._conn.request_stream(op, timeout=timeout, **fields)
+        ) as events:
+            async for ev in events:
+                yield ev
 
     async def next_event(self, timeout: float | None = None) -> dict[str, Any]:
         """The next event for the consumer; ConnectionClosed once the client has ended."""

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from gateway.errors import ClientError
-from gateway.handlers import chat, moderation, rooms, schedule, sync
+from gateway.handlers import chat, files, moderation, rooms, schedule, sync
 from gateway.handlers.context import Context
 from gateway.protocol import (
     HELP_TEXT,
@@ -35,7 +35,17 @@ from gateway.protocol import (
     Send,
     Switch,
 )
-from gateway.protocol.ops import Cancel, GetSchedules, Schedule, op_of
+from gateway.protocol.ops import (
+    AbortUpload,
+    Cancel,
+    Fetch,
+    FinishUpload,
+    GetSchedules,
+    PutChunk,
+    Schedule,
+    StartUpload,
+    op_of,
+)
 
 __all__ = ["dispatch"]
 
@@ -78,6 +88,11 @@ HANDLERS: Final[dict[type, Handler]] = {
     GetMembers: rooms.members,
     GetThread: rooms.thread,
     Switch: rooms.switch,
+    StartUpload: files.start_upload,
+    PutChunk: files.put_chunk,
+    FinishUpload: files.finish_upload,
+    AbortUpload: files.abort_upload,
+    Fetch: files.fetch,
 }
 
 

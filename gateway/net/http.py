@@ -38,7 +38,6 @@ from gateway.protocol.http import (
     status_of,
 )
 from gateway.protocol.ops import Reject, check_cid, check_target
-from gateway.store import Store, is_room
 from gateway.store.files import valid_fid
 
 if TYPE_CHECKING:
@@ -267,7 +266,7 @@ class HttpExchange:
         else:
             _, user = await self._token_user(req)
         found = await store.files.info(fid) if valid_fid(fid) else None
-        if found is None or not await _may_read(store, user, found[0]):
+        if found is None or not await files.may_read(store, user, found[0]):
             raise _refuse(404, "not_found", f"no file {fid[:40]}")
         conversation, info = found
         headers = {
@@ -334,19 +333,6 @@ def _reply(error: Error | None, events: list[Event]) -> tuple[int, dict[str, Any
     if len(events) > 1:
         body["events"] = [event_to_dict(e) for e in events[1:]]
     return 200, body, {}
-
-
-async def _may_read(store: Store, user: str, conversation: str) -> bool:
-    """Whether ``user`` may read ``conversation``: a direct one's two people; a
-    private room's members; anyone for #general and public rooms."""
-    if conversation.startswith("dm:"):
-        return user.lower() in conversation.split(":")[1:]
-    if is_room(conversation):
-        try:
-            await store.check_readable(user, conversation)
-        except ClientError:
-            return False
-    return True
 
 
 def _disposition(name: str) -> str:

@@ -14,9 +14,9 @@ id the replay already sent: no gap, no duplicate.
 
 Bounds on what a peer can make it do:
 - input: what is buffered and not yet parsed is at most ``MAX_UNREAD_BYTES`` plus
-  one read (reading pauses past it); commands run one at a time, and the worker
-  yields to the loop every ``WORK_SLICE`` requests, so one client's flood cannot
-  stall the others;
+  one read (reading pauses past it), plus one file chunk line being received;
+  commands run one at a time, and the worker yields to the loop every
+  ``WORK_SLICE`` requests, so one client's flood cannot stall the others;
 - errors: a client earning more than ``ERROR_BURST`` error replies at once
   (refilled at ``ERROR_RATE`` per second) gets one last error and is closed;
 - sends: ``conn_send_rate`` per second, with a burst of ``conn_send_burst``;
@@ -60,12 +60,12 @@ from gateway.protocol import (
     Left,
     ListRooms,
     Message,
-    Send,
     TextCodec,
     detect_framing,
 )
 from gateway.protocol.events import LoggedOut
 from gateway.protocol.http import HttpCodec, HttpReject, HttpRequest, error_body
+from gateway.protocol.ops import PACED_LIKE_READS, PACED_LIKE_SENDS
 from gateway.store.tokens import digest_of
 
 if TYPE_CHECKING:
@@ -80,7 +80,9 @@ MAX_UNREAD_BYTES: Final = 64 * 1024  # past this, stop reading from the socket
 WORK_SLICE: Final = 16  # requests served before yielding to the loop
 ERROR_BURST: Final = 50
 # Requests whose cost grows with what the user has: paced like sends (--conn-send-rate).
-READS: Final = (GetStatus, GetHistory, GetLog, GetThread, GetMembers, ListRooms)
+READS: Final = (
+    GetStatus, GetHistory, GetLog, GetThread, GetMembers, ListRooms, *PACED_LIKE_READS
+)  # fmt: skip
 MAX_HELD_EVENTS: Final = 100  # pushed events kept while a login or re-sync runs
 ERROR_RATE: Final = 5.0
 TOKEN_RECHECK_S: Final = 60.0  # an event stream ends within this of its token's end
@@ -555,12 +557,10 @@ class Session(asyncio.Protocol):
 
     # -- login and re-sync (for gateway.handlers.sync and the hub) ---------------------
     async def begin_sync(self, user: str) -> None:
-        if self.state is State.CLOSED:
-            raise asyncio.CancelledError
         if isinstance(self.codec, TextCodec):
             await self.gw.load_link_key()  # its file lines carry signed links
-            if self.state is State.CLOSED:
-                raise asyncio.CancelledError
+        if self.state is State.CLOSED:
+            raise asyncio.CancelledError
         self.user = user
         self._to(State.SYNCING)
         if isinstance(self.codec, TextCodec):
@@ -692,7 +692,7 @@ class Session(asyncio.Protocol):
         rid = getattr(cmd, "rid", None)
         user = ctx.conn.user
         try:
-            if isinstance(cmd, Send) and user is not None:
+            if isinstance(cmd, PACED_LIKE_SENDS) and user is not None:
                 self._check_send_rate(self._sends, "messages")
             elif isinstance(cmd, READS) and user is not None:
                 self._check_send_rate(self._reads, "requests for history or status")

@@ -8,6 +8,7 @@ message dumps to the same bytes (tests/unit/test_protocol.py checks it).
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,8 +20,11 @@ __all__ = [
     "Ack",
     "Bye",
     "Cancelled",
+    "ChunkStored",
     "Error",
     "Event",
+    "FileAck",
+    "FileChunk",
     "FileInfo",
     "HistoryResult",
     "JoinRequest",
@@ -49,6 +53,7 @@ __all__ = [
     "StatusResult",
     "Synced",
     "ThreadResult",
+    "UploadReady",
     "Welcome",
     "dumps",
     "event_to_dict",
@@ -330,6 +335,51 @@ class ScheduleOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class UploadReady:
+    """The answer to ``upload`` (type ``upload``): send ``chunks`` chunks of
+    ``chunk_bytes`` (the last one shorter) with this ``uid``."""
+
+    uid: str
+    chunk_bytes: int
+    chunks: int
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkStored:
+    """The answer to ``chunk`` (type ``chunk``): chunk ``seq`` is stored; ``received``
+    is the file's bytes up to the end of it (what a client sending in order has sent)."""
+
+    uid: str
+    seq: int
+    received: int
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class FileAck:
+    """The answer to ``finish_upload`` (type ``ack``): the file message is stored."""
+
+    id: str
+    file: FileInfo
+    cid: str | None = None
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class FileChunk:
+    """One chunk of a download (type ``file_chunk``), the bytes in base64 on the wire;
+    ``last`` on the final one (a 0-byte file has one, empty)."""
+
+    fid: str
+    seq: int
+    data: bytes = field(repr=False)
+    last: bool = False
+    size: int = 0  # the whole file's, for progress
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
 class Error:
     code: str
     message: str
@@ -386,6 +436,10 @@ Event = (
     | Cancelled
     | ScheduleOutcome
     | Ok
+    | UploadReady
+    | ChunkStored
+    | FileAck
+    | FileChunk
     | Error
     | Notice
     | Pong
@@ -584,6 +638,16 @@ def event_to_dict(ev: Event) -> dict[str, Any]:
                 d |= {"code": ev.code, "reason": ev.reason}
         case Ok():
             d = {"type": "ok"}
+        case UploadReady():
+            d = {"type": "upload", "uid": ev.uid, "chunk_bytes": ev.chunk_bytes,
+                 "chunks": ev.chunks}  # fmt: skip
+        case ChunkStored():
+            d = {"type": "chunk", "uid": ev.uid, "seq": ev.seq, "received": ev.received}
+        case FileAck():
+            d = {"type": "ack", "id": ev.id, "cid": ev.cid, "file": file_dict(ev.file)}
+        case FileChunk():
+            d = {"type": "file_chunk", "fid": ev.fid, "seq": ev.seq, "size": ev.size,
+                 "last": ev.last, "data": base64.b64encode(ev.data).decode("ascii")}  # fmt: skip
         case Error():
             d = {"type": "error", "code": ev.code, "message": ev.message, **ev.extra}
         case Notice():

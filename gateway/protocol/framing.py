@@ -68,25 +68,46 @@ class LineSplitter:
     ``push`` buffers bytes; ``next_line`` returns one line, ``TOO_LONG`` once for a
     line past the bound (the rest of it, up to its newline, is dropped without
     being kept), or None when no whole line is buffered.
+
+    One kind of line may be longer: a line whose bytes start with ``wide_prefix``
+    (JSON lines: an upload's chunk) is bounded by ``wide_line_bytes`` instead. The
+    bound is chosen from the line's first bytes, so the rest of a line is never
+    looked at to decide it, and a wide line past its own bound is dropped the same way.
     """
 
-    def __init__(self, max_line_bytes: int) -> None:
+    def __init__(
+        self, max_line_bytes: int, wide_prefix: bytes = b"", wide_line_bytes: int = 0
+    ) -> None:
         self.max_line_bytes = max_line_bytes
+        self.wide_prefix = wide_prefix
+        self.wide_line_bytes = max(wide_line_bytes, max_line_bytes)
+        self.last_limit = max_line_bytes  # the bound the last TOO_LONG line passed
         self._buf = bytearray()
         self._pos = 0
+        self._tail = 0  # where the last line, not yet whole, starts (after the last newline)
         self._discarding = False
 
     @property
     def buffered(self) -> int:
         return len(self._buf) - self._pos
 
+    @property
+    def wide_partial(self) -> int:
+        """Bytes of a wide line still arriving (0 when the last bytes are not one)."""
+        partial = len(self._buf) - self._tail
+        return partial if partial and self._is_wide(self._tail) else 0
+
     def push(self, data: bytes) -> None:
+        nl = data.rfind(b"\n")
+        if nl >= 0:
+            self._tail = len(self._buf) + nl + 1
         self._buf += data
 
     def finish(self) -> None:
         """The stream ended: a last line without its newline still counts."""
         if len(self._buf) > self._pos and not self._buf.endswith(b"\n"):
             self._buf += b"\n"
+            self._tail = len(self._buf)
 
     def next_line(self) -> bytes | _TooLong | None:
         while True:
@@ -97,20 +118,33 @@ class LineSplitter:
             if self._discarding:
                 self._discarding = False
                 continue
-            if nl - start > self.max_line_bytes:
+            limit = self._limit_at(start)
+            if nl - start > limit:
+                self.last_limit = limit
                 self._compact()
                 return TOO_LONG
             line = bytes(self._buf[start:nl])
             self._compact()
             return line[:-1] if line.endswith(b"\r") else line
 
+    def _is_wide(self, start: int) -> bool:
+        """Whether the line at ``start`` is (or, while shorter than the prefix, may
+        still become) a wide line."""
+        prefix = self.wide_prefix
+        return bool(prefix) and prefix.startswith(self._buf[start : start + len(prefix)])
+
+    def _limit_at(self, start: int) -> int:
+        return self.wide_line_bytes if self._is_wide(start) else self.max_line_bytes
+
     def _incomplete(self) -> _TooLong | None:
         pending = len(self._buf) - self._pos
-        if self._discarding or pending > self.max_line_bytes:
+        limit = self._limit_at(self._pos)
+        if self._discarding or pending > limit:
             self._buf.clear()
-            self._pos = 0
+            self._pos = self._tail = 0
             if not self._discarding:
                 self._discarding = True
+                self.last_limit = limit
                 return TOO_LONG
             return None
         self._compact(force=True)
@@ -119,6 +153,7 @@ class LineSplitter:
     def _compact(self, force: bool = False) -> None:
         if self._pos and (force or self._pos >= _COMPACT_AT or self._pos == len(self._buf)):
             del self._buf[: self._pos]
+            self._tail -= self._pos  # never before _pos: it follows the last newline
             self._pos = 0
 
     def feed(self, data: bytes) -> list[bytes | _TooLong]:
@@ -135,14 +170,20 @@ class Codec:
 
     framing: Framing
     login_hint: str = "log in first"
+    # Lines starting with these bytes may be this long (see LineSplitter); none here.
+    wide_prefix: bytes = b""
+    wide_line_bytes: int = 0
 
     def __init__(self, max_line_bytes: int = 16_384, max_text_chars: int = 4000) -> None:
         self.max_text_chars = max_text_chars
-        self._lines = LineSplitter(max_line_bytes)
+        self._lines = LineSplitter(max_line_bytes, self.wide_prefix, self.wide_line_bytes)
 
     @property
     def buffered(self) -> int:
-        return self._lines.buffered
+        """Bytes read and not yet parsed, which the connection keeps bounded by pausing
+        its reads. A wide line still arriving does not count: it can only be parsed
+        once it is whole, and it may be longer than that bound (it has its own)."""
+        return self._lines.buffered - self._lines.wide_partial
 
     def push(self, data: bytes) -> None:
         self._lines.push(data)
@@ -157,7 +198,7 @@ class Codec:
         if line is None:
             return None
         if line is TOO_LONG:
-            limit = self._lines.max_line_bytes
+            limit = self._lines.last_limit
             return Error("too_long", f"line longer than {limit} bytes was dropped")
         assert isinstance(line, bytes)
         try:

@@ -1,16 +1,26 @@
-"""JSON lines: one JSON object per line, for programs and the console client."""
+"""JSON lines: one JSON object per line, for programs and the console client.
+
+Every line is bounded by ``--max-line-bytes`` but one kind: an upload's ``chunk``,
+whose line starts with exactly ``CHUNK_LINE_PREFIX`` (compact JSON, ``op`` first),
+may be up to ``CHUNK_LINE_BYTES``: enough for a whole chunk in base64 and its fields.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Final
 
 from gateway.protocol.events import Event, Message, Rid, dumps, event_to_dict
 from gateway.protocol.framing import Codec, Framing, decode_line
 from gateway.protocol.ops import Command, Reject, TextContext, parse_json_request
 from gateway.protocol.values import MAX_RID_CHARS
 
-__all__ = ["JsonCodec"]
+__all__ = ["CHUNK_LINE_BYTES", "CHUNK_LINE_PREFIX", "JsonCodec"]
+
+CHUNK_LINE_PREFIX: Final = b'{"op":"chunk",'
+# A full chunk is 87,384 characters of base64; the rest is room for the other fields
+# (an upload id, seq, rid) and for encoders that escape '/' as '\/'.
+CHUNK_LINE_BYTES: Final = 96 * 1024
 
 
 class _RejectWithRid(Reject):
@@ -36,6 +46,8 @@ def _has_surrogate(value: Any) -> bool:
 
 class JsonCodec(Codec):
     framing = Framing.JSON
+    wide_prefix = CHUNK_LINE_PREFIX
+    wide_line_bytes = CHUNK_LINE_BYTES
     login_hint = 'log in first: {"op":"login","user":"<name>","password":"<password>"}'
 
     def __init__(self, max_line_bytes: int = 16_384, max_text_chars: int = 4000) -> None:

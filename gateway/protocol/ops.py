@@ -13,6 +13,8 @@ turn into an ``error`` event; nothing here does I/O.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import math
 import re
@@ -39,13 +41,19 @@ from gateway.protocol.when import parse_when
 __all__ = [
     "BY_NAME",
     "BY_WORD",
+    "FILE_CHUNK_BYTES",
     "GENERAL",
     "OPS",
+    "PACED_LIKE_READS",
+    "PACED_LIKE_SENDS",
+    "AbortUpload",
     "Approve",
     "Cancel",
     "Command",
     "CreateRoom",
     "Deny",
+    "Fetch",
+    "FinishUpload",
     "GetHistory",
     "GetLog",
     "GetMembers",
@@ -61,11 +69,13 @@ __all__ = [
     "MakeLink",
     "Op",
     "Ping",
+    "PutChunk",
     "Quit",
     "Reject",
     "Report",
     "Schedule",
     "Send",
+    "StartUpload",
     "Switch",
     "TextContext",
     "help_text",
@@ -76,6 +86,12 @@ __all__ = [
 
 GENERAL: Final = "#general"
 MAX_REASON_CHARS: Final = 500
+# Bytes in one ``chunk`` of an upload and one ``file_chunk`` of a download: the store's
+# chunk (gateway.store.files.CHUNK_BYTES; tests/unit/test_files_ops.py checks they
+# agree). Said here too because this package imports nothing from the store.
+FILE_CHUNK_BYTES: Final = 64 * 1024
+MAX_FILE_NAME_CHARS: Final = 255
+MAX_MIME_CHARS: Final = 127
 
 
 class Reject(Exception):
@@ -272,12 +288,69 @@ class Cancel:
     rid: Rid = None
 
 
+@dataclass(frozen=True, slots=True)
+class StartUpload:
+    """Begin sending a file in chunks (JSON lines): its size and SHA-256 are declared
+    here and checked when the upload is finished."""
+
+    OP: ClassVar[str] = "upload"
+    to: str
+    name: str
+    size: int
+    sha256: str
+    mime: str | None = None
+    cid: str | None = None
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class PutChunk:
+    """Chunk ``seq`` of an upload: ``FILE_CHUNK_BYTES`` bytes, the last one shorter."""
+
+    OP: ClassVar[str] = "chunk"
+    uid: str
+    seq: int
+    data: bytes = field(repr=False)
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class FinishUpload:
+    OP: ClassVar[str] = "finish_upload"
+    uid: str
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class AbortUpload:
+    OP: ClassVar[str] = "abort_upload"
+    uid: str
+    rid: Rid = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """A file's bytes, in chunks, from chunk ``from_chunk`` on."""
+
+    OP: ClassVar[str] = "fetch"
+    fid: str
+    from_chunk: int = 0
+    rid: Rid = None
+
+
 Command = (
     Login | Send | GetHistory | GetLog | GetStatus | Ping | Quit | Help | Report
     | CreateRoom | Invite | MakeLink | Join | Approve | Deny | Leave | ListRooms | GetMembers
     | GetThread | Switch
     | Schedule | GetSchedules | Cancel
+    | StartUpload | PutChunk | FinishUpload | AbortUpload | Fetch
 )  # fmt: skip
+
+# How a connection paces commands (its --conn-send-rate buckets): an upload is a
+# message (one per file, however many chunks it has: the chunks are bounded by the
+# size the upload declared), and a fetch costs what a history read does.
+PACED_LIKE_SENDS: Final = (Send, StartUpload)
+PACED_LIKE_READS: Final = (Fetch,)
 
 
 # ---------------------------------------------------------------------------
@@ -416,6 +489,76 @@ def check_when(at: Any, in_: Any) -> tuple[int | None, float | None]:
     if not 0 < in_ <= 1e9:
         raise Reject("bad_request", "'in' must be more than 0 seconds")
     return None, in_
+
+
+_SHA256_RE: Final = re.compile(r"[0-9a-fA-F]{64}")
+_FID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# An upload's id: the file's id, a dot, then where it goes (see gateway.handlers.files).
+_UID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}\.[A-Za-z0-9_-]{1,128}")
+_MAX_SEQ: Final = 1 << 20  # far more chunks than any file size setting allows
+
+
+def check_file_name(name: Any) -> str:
+    """A file's name as others will see it: no folders, nothing a terminal runs."""
+    if not isinstance(name, str) or not 1 <= len(name) <= MAX_FILE_NAME_CHARS:
+        raise Reject("bad_request", f"'name' must be 1 to {MAX_FILE_NAME_CHARS} characters")
+    _check_unicode(name, "'name'")
+    if name in (".", "..") or any(c in "/\\" or not c.isprintable() for c in name):
+        raise Reject("bad_request", "'name' has no slashes or control characters")
+    return name
+
+
+def check_size(size: Any) -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size < 1 << 53:
+        raise Reject("bad_request", "'size' must be the file's length in bytes, 0 or more")
+    return size
+
+
+def check_sha256(digest: Any) -> str:
+    if not isinstance(digest, str) or not _SHA256_RE.fullmatch(digest):
+        raise Reject("bad_request", "'sha256' must be 64 hexadecimal digits")
+    return digest.lower()
+
+
+def check_mime(mime: Any) -> str | None:
+    if mime is None:
+        return None
+    if not isinstance(mime, str) or len(mime) > MAX_MIME_CHARS or not mime.isascii():
+        raise Reject("bad_request", "'mime' must be a media type like image/png")
+    return mime
+
+
+def check_uid(uid: Any) -> str:
+    if not isinstance(uid, str) or not _UID_RE.fullmatch(uid):
+        raise Reject("bad_request", "'uid' must be the id an 'upload' reply gave")
+    return uid
+
+
+def check_fid(fid: Any) -> str:
+    if not isinstance(fid, str) or not _FID_RE.fullmatch(fid):
+        raise Reject("bad_request", "'fid' must be a file's id, as in a message's 'file'")
+    return fid
+
+
+def check_seq(seq: Any, what: str = "'seq'") -> int:
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < _MAX_SEQ:
+        raise Reject("bad_request", f"{what} must be a chunk number, 0 or more")
+    return seq
+
+
+def check_chunk_data(data: Any) -> bytes:
+    """Base64 (RFC 4648, with padding) of at most ``FILE_CHUNK_BYTES`` bytes."""
+    if not isinstance(data, str):
+        raise Reject("bad_request", "'data' must be a base64 string")
+    if len(data) > 4 * (-(-FILE_CHUNK_BYTES // 3)):
+        raise Reject("too_long", f"a chunk is at most {FILE_CHUNK_BYTES} bytes")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise Reject("bad_request", "'data' is not valid base64") from None
+    if len(raw) > FILE_CHUNK_BYTES:
+        raise Reject("too_long", f"a chunk is at most {FILE_CHUNK_BYTES} bytes")
+    return raw
 
 
 # ---------------------------------------------------------------------------
@@ -579,6 +722,22 @@ def _text_cancel(rest: str, ctx: TextContext) -> Command:
     return Cancel(check_sid(sid))
 
 
+def _text_upload(rest: str, ctx: TextContext) -> Command:
+    raise Reject(
+        "bad_request",
+        "files are sent with the console client (redchat: /upload <path>) or with"
+        " HTTP: curl --data-binary @FILE 'http://HOST:PORT/files?to=%23general&name=NAME'",
+    )
+
+
+def _text_download(rest: str, ctx: TextContext) -> Command:
+    raise Reject(
+        "bad_request",
+        "each file is shown with a link: curl -o NAME 'LINK' downloads it"
+        " (or the console client: /download <n>)",
+    )
+
+
 def _no_args(make: Callable[[], Command]) -> Callable[[str, TextContext], Command]:
     return lambda rest, ctx: make()
 
@@ -671,8 +830,42 @@ def _json_cancel(obj: Mapping[str, Any], ctx: TextContext, rid: Rid) -> Command:
     return Cancel(check_sid(obj.get("sid")), rid)
 
 
+def _json_upload(obj: Mapping[str, Any], ctx: TextContext, rid: Rid) -> Command:
+    return StartUpload(
+        to=check_target(obj.get("to")),
+        name=check_file_name(obj.get("name")),
+        size=check_size(obj.get("size")),
+        sha256=check_sha256(obj.get("sha256")),
+        mime=check_mime(obj.get("mime")),
+        cid=check_cid(obj.get("cid")),
+        rid=rid,
+    )
+
+
+def _json_chunk(obj: Mapping[str, Any], ctx: TextContext, rid: Rid) -> Command:
+    return PutChunk(
+        check_uid(obj.get("uid")), check_seq(obj.get("seq")), check_chunk_data(obj.get("data")),
+        rid,
+    )  # fmt: skip
+
+
+def _json_upload_id(make: Callable[[str, Rid], Command]) -> JsonParser:
+    return lambda obj, ctx, rid: make(check_uid(obj.get("uid")), rid)
+
+
+def _json_fetch(obj: Mapping[str, Any], ctx: TextContext, rid: Rid) -> Command:
+    start = obj.get("from_chunk")
+    return Fetch(
+        check_fid(obj.get("fid")), 0 if start is None else check_seq(start, "'from_chunk'"), rid
+    )
+
+
 def _json_text_only(obj: Mapping[str, Any], ctx: TextContext, rid: Rid) -> Command:
     raise Reject("unknown_op", "this command is for text lines only")
+
+
+def _text_none(rest: str, ctx: TextContext) -> Command:
+    raise AssertionError("an op without text words is never parsed from text")
 
 
 def _json_plain(
@@ -693,7 +886,7 @@ JsonParser = Callable[[Mapping[str, Any], "TextContext", Rid], Command]
 @dataclass(frozen=True, slots=True)
 class Op:
     name: str  # the JSON op
-    words: tuple[str, ...]  # text words; the first is shown, the rest are aliases
+    words: tuple[str, ...]  # text words; the first is shown, the rest are aliases (none: JSON only)
     usage: str
     help: str
     from_json: Callable[[Mapping[str, Any], TextContext, Rid], Command]
@@ -751,6 +944,17 @@ OPS: Final[tuple[Op, ...]] = (
        _json_plain(GetSchedules), _no_args(GetSchedules)),
     Op("cancel", ("cancel",), "/cancel <sid>", "cancel a scheduled message",
        _json_cancel, _text_cancel),
+    # Files, in chunks, for programs (the console client's /upload and /download use
+    # them). Text lines cannot carry bytes: their words only say what to use instead.
+    Op("upload", ("upload",), "/upload",
+       "files: send them with the console client or HTTP POST /files",
+       _json_upload, _text_upload, console=False),
+    Op("chunk", (), "", "", _json_chunk, _text_none, console=False),
+    Op("finish_upload", (), "", "", _json_upload_id(FinishUpload), _text_none, console=False),
+    Op("abort_upload", (), "", "", _json_upload_id(AbortUpload), _text_none, console=False),
+    Op("fetch", ("download",), "/download",
+       "files: the link shown with each file downloads it",
+       _json_fetch, _text_download, console=False),
     Op("help", ("help", "?"), "/help", "this text",
        _json_plain(Help), _no_args(Help), needs_login=False),
     Op("ping", ("ping",), "/ping", "check the connection is alive",
@@ -799,7 +1003,7 @@ def help_text(*, console: bool = False, extra: tuple[tuple[str, str], ...] = ())
     """The command list, from the table: each op's usage, help and aliases."""
     rows = [("<text>", "send to #general")]
     for spec in OPS:
-        if console and not spec.console:
+        if (console and not spec.console) or not spec.words:
             continue
         aliases = ", ".join("/" + w for w in spec.words[1:])
         rows.append((spec.usage, spec.help + (f" (also {aliases})" if aliases else "")))

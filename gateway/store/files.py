@@ -150,17 +150,28 @@ class Files:
         return info
 
     async def begin(
-        self, conversation: str, sender: str, name: str, size: int, mime: str, sha256: str
-    ) -> str:
+        self, conversation: str, sender: str, name: str, size: int, mime: str, sha256: str,
+        tags: Mapping[str, str] | None = None,
+    ) -> str:  # fmt: skip
         """Start an upload in chunks of ``CHUNK_BYTES`` (the last one shorter); returns
-        its id, which becomes the file's fid once ``finish`` has checked it."""
+        its id, which becomes the file's fid once ``finish`` has checked it. ``tags``
+        are the caller's notes, kept with the upload until then (``pending``)."""
         if not isinstance(sha256, str) or _SHA256_RE.fullmatch(sha256.lower()) is None:
             raise ClientError("bad_request", "sha256 must be 64 hexadecimal digits")
         name, size, mime = _checked(name, size, mime, self.limits.max_file_bytes)
         uid = _new_fid()
         meta, _ = self._file_keys(conversation, uid)
-        await self._create(meta, sender, FileInfo(uid, name, size, sha256.lower(), mime))
+        info = FileInfo(uid, name, size, sha256.lower(), mime)
+        await self._create(meta, sender, info, tags)
         return uid
+
+    async def pending(self, conversation: str, uid: str) -> dict[str, str] | None:
+        """An upload in progress, as ``begin`` noted it: ``from``, ``name``, ``size``,
+        ``sha256``, ``mime`` and each tag as ``tag:<name>`` (None: no such upload)."""
+        if not valid_fid(uid):
+            return None
+        fields = await self._hgetall(self.keys.file(conversation, uid))
+        return fields if fields.get("state") == "uploading" else None
 
     async def put_chunk(self, conversation: str, uid: str, index: int, data: bytes) -> None:
         """Store chunk ``index`` of an upload (again, if it was sent before)."""
@@ -226,9 +237,10 @@ class Files:
         info = _info_of(fid, await self._hgetall(self.keys.file(conversation, fid)), "done")
         return None if info is None else (conversation, info)
 
-    async def chunks(self, conversation: str, fid: str) -> AsyncIterator[bytes]:
-        """A done file's bytes, a chunk per round trip. Raises ``not_found`` before the
-        first chunk for no such file, and after some if the file expires meanwhile."""
+    async def chunks(self, conversation: str, fid: str, start: int = 0) -> AsyncIterator[bytes]:
+        """A done file's bytes, a chunk per round trip, from chunk ``start`` on. Raises
+        ``not_found`` before the first chunk for no such file, and after some if the
+        file expires meanwhile."""
         if not valid_fid(fid):
             raise ClientError("not_found", "no such file")
         try:
@@ -239,7 +251,7 @@ class Files:
         if state != "done" or size is None:
             raise ClientError("not_found", f"no file {fid}")
         blob = self.keys.file_data(conversation, fid)
-        for i in range(chunk_count(int(size))):
+        for i in range(max(0, start), chunk_count(int(size))):
             try:
                 chunk = await self._chunk_of(blob, i)
             except REDIS_DOWN as exc:
@@ -292,12 +304,15 @@ class Files:
         raw = await self.redis.execute_command("HGET", blob, str(index), **_RAW)  # type: ignore[no-untyped-call]
         return None if raw is None else bytes(raw)
 
-    async def _create(self, meta: str, sender: str, info: FileInfo) -> None:
+    async def _create(
+        self, meta: str, sender: str, info: FileInfo, tags: Mapping[str, str] | None = None
+    ) -> None:
         fields: dict[str, str | int] = {
             "name": info.name, "size": info.size, "sha256": info.sha256, "mime": info.mime,
             "from": sender, "created": now_ms(), "chunks": chunk_count(info.size),
             "state": "uploading",
         }  # fmt: skip
+        fields |= {f"tag:{k}": v for k, v in (tags or {}).items()}
         # MULTI: the metadata never exists without its expiry.
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(meta, mapping=cast(dict[Any, Any], fields))
