@@ -169,9 +169,11 @@ async def finish_upload(ctx: Context, cmd: FinishUpload) -> None:
     conversation, fid, note = await _own_upload(ctx, cmd.uid)
     size, shown, cid = int(note.get("size", 0)), note.get("tag:to", ""), note.get("tag:cid")
     ours = True  # this call ends the upload, so the quota it took is ours to give back
+    taken = False
     try:
         try:
-            await store.moderation.admit(me, counts=False, cid=None)  # banned meanwhile
+            # banned meanwhile, or over the rate limit: refused before the file is kept
+            taken = await store.admit(me, conversation, cid or None)
         except ClientError:
             ours = await store.files.abort(conversation, fid)
             raise
@@ -180,8 +182,12 @@ async def finish_upload(ctx: Context, cmd: FinishUpload) -> None:
         except ClientError as exc:
             ours = exc.code != "not_found"  # not_found: it ended meanwhile (expiry, a twin)
             raise
-        result = await store.send(me, conversation, shown, info.name, cid=cid or None, file=info)
+        result = await store.send(
+            me, conversation, shown, info.name, cid=cid or None, file=info, admitted=True
+        )
     except (ClientError, Unavailable):
+        if taken:
+            await store.moderation.refund(me, cid or None)
         if ours:
             await store.files.refund_quota(me, size)
         raise

@@ -19,14 +19,12 @@ import hashlib
 import hmac
 import http.client
 import importlib.util
-import json
 import os
 import re
 import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
@@ -35,6 +33,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.embedded_redis import find_redis_server, free_port, redis_answers
+from tests.httpkit import Reply, call, connect, http_on, ok, request
 from tests.support import Deployment, RedisServer, doc_recipes, running, wait_for
 
 GENERAL: Final = "#general"
@@ -50,80 +49,6 @@ needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is no
 # HTTP clients (http.client for whole requests, raw sockets where it would hide
 # what is checked: when an answer comes, before or without the body)
 # ---------------------------------------------------------------------------
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]  # lower-case names
-    body: bytes
-
-    @property
-    def json(self) -> dict[str, Any]:
-        assert self.headers.get("content-type", "").startswith("application/json"), self
-        obj = json.loads(self.body)
-        assert isinstance(obj, dict), self.body
-        return obj
-
-    @property
-    def code(self) -> Any:
-        body = self.json
-        assert body["type"] == "error" and isinstance(body["message"], str), body
-        return body["code"]
-
-    def __repr__(self) -> str:  # a 5 MiB body is not worth printing
-        return f"Reply({self.status}, {self.headers}, {self.body[:300]!r}, {len(self.body)} bytes)"
-
-
-def request(
-    conn: http.client.HTTPConnection,
-    method: str,
-    path: str,
-    body: bytes | None = None,
-    token: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> Reply:
-    """One request on an open connection (kept alive)."""
-    out = {} if token is None else {"Authorization": f"Bearer {token}"}
-    out.update(headers or {})
-    conn.request(method, path, body=body, headers=out)
-    resp = conn.getresponse()
-    got = resp.read()
-    return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, got)
-
-
-def call(port: int, method: str, path: str, body: Any = None, token: str | None = None) -> Reply:
-    """One JSON request on a fresh connection."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        data = None if body is None else json.dumps(body).encode()
-        extra = {"Content-Type": "application/json"} if data is not None else {}
-        return request(conn, method, path, data, token, extra)
-    finally:
-        conn.close()
-
-
-def ok(reply: Reply, kind: str) -> dict[str, Any]:
-    assert reply.status == 200, reply
-    body = reply.json
-    assert body["type"] == kind, body
-    return body
-
-
-def connect(port: int, user: str) -> str:
-    token = ok(call(port, "POST", "/connect", {"user": user, "password": "pw"}), "connected")
-    assert isinstance(token["token"], str)
-    return str(token["token"])
-
-
-def http_on(port: int, gateway: str, token: str) -> http.client.HTTPConnection:
-    """A keep-alive connection that the kernel's SO_REUSEPORT spread put on ``gateway``."""
-    for _ in range(60):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        if ok(request(conn, "GET", "/status", token=token), "status")["gateway"] == gateway:
-            return conn
-        conn.close()
-    raise AssertionError(f"never landed on {gateway}")
 
 
 def files_path(to: str, name: str, **query: str) -> str:

@@ -327,6 +327,26 @@ async def test_a_banned_user_cannot_upload(deployment: Deployment) -> None:
     await mal.ping()
 
 
+async def test_a_file_over_the_rate_limit_is_refused_and_dropped(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A file counts as one message against the public-chat limit; refused at
+    ``finish_upload``, it leaves nothing stored, and a direct one still goes."""
+    extra = ["--rate-limit", "1"]
+    async with running(Deployment(redis_server, tmp_path, gateways=1, extra=extra)) as dep:
+        rita = await dep.login("rita")
+        await dep.login("sam")
+        await rita.send("#general", "the one public message of the window")
+        data = data_of(CHUNK + 5)
+        uid = await begin(rita, data)
+        await put(rita, uid, data, range(2))
+        err = await chat_error(rita.request("finish_upload", uid=uid))
+        assert err.code == "rate_limited" and err.event["retry_after"] > 0
+        assert await keys_of(dep, uid.split(".")[0]) == []
+        ack = await rita.upload(data, "sam", name="direct.bin")  # not public: not counted
+        assert ack["file"]["size"] == CHUNK + 5
+
+
 async def test_only_readers_of_the_conversation_fetch(deployment: Deployment) -> None:
     alice, bob = await deployment.login("alice"), await deployment.login("bob")
     carol = await deployment.login("carol")

@@ -33,6 +33,18 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from client.connection import Connection, conversation_of, id_key
+from tests.httpkit import (
+    Reply,
+    acall,
+    aconnect,
+    call,
+    connect,
+    encode_body,
+    headers_for,
+    http_on,
+    ok,
+    request,
+)  # fmt: skip
 from tests.support import Deployment, RedisServer, TextClient, next_of, running
 
 GENERAL: Final = "#general"
@@ -45,99 +57,14 @@ ID_LINE: Final = re.compile(r"^(?:#?[\w.-]+=\d+-\d+)(?:,#?[\w.-]+=\d+-\d+)*$")
 # ---------------------------------------------------------------------------
 
 
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]  # lower-case names
-    body: bytes
-
-    @property
-    def json(self) -> dict[str, Any]:
-        assert self.headers.get("content-type", "").startswith("application/json"), self
-        obj = json.loads(self.body)
-        assert isinstance(obj, dict), self.body
-        return obj
-
-    @property
-    def type(self) -> Any:
-        return self.json.get("type")
-
-    @property
-    def code(self) -> Any:
-        body = self.json
-        assert body["type"] == "error" and isinstance(body["message"], str), body
-        return body["code"]
-
-
-def _encode(body: Any) -> bytes | None:
-    if body is None or isinstance(body, bytes):
-        return body
-    return json.dumps(body).encode()
-
-
-def _headers(
-    token: str | None, headers: dict[str, str] | None, body: bytes | None
-) -> dict[str, str]:
-    out = {}
-    if body is not None:
-        out["Content-Type"] = "application/json"
-    if token is not None:
-        out["Authorization"] = f"Bearer {token}"
-    out.update(headers or {})
-    return out
-
-
-def request(
-    conn: http.client.HTTPConnection,
-    method: str,
-    path: str,
-    body: Any = None,
-    token: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> Reply:
-    """One request on an open ``http.client`` connection (kept alive)."""
-    data = _encode(body)
-    conn.request(method, path, body=data, headers=_headers(token, headers, data))
-    resp = conn.getresponse()
-    got = resp.read()
-    return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, got)
-
-
-def call(
-    port: int,
-    method: str,
-    path: str,
-    body: Any = None,
-    token: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> Reply:
-    """One request on a fresh connection (a new session, its own rate buckets)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-    try:
-        return request(conn, method, path, body, token, headers)
-    finally:
-        conn.close()
-
-
-async def acall(
-    port: int,
-    method: str,
-    path: str,
-    body: Any = None,
-    token: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> Reply:
-    return await asyncio.to_thread(call, port, method, path, body, token, headers)
-
-
 def urlopen(port: int, method: str, path: str, body: Any = None, token: str | None = None) -> Reply:
     """The same through ``urllib.request``: a second client's reading of the answers."""
-    data = _encode(body)
+    data = encode_body(body)
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}",
         data=data,
         method=method,
-        headers=_headers(token, None, data),
+        headers=headers_for(token, None, data),
     )
     try:
         with urllib.request.urlopen(req, timeout=20) as resp:
@@ -145,28 +72,6 @@ def urlopen(port: int, method: str, path: str, body: Any = None, token: str | No
     except urllib.error.HTTPError as err:
         with err:
             return Reply(err.code, {k.lower(): v for k, v in err.headers.items()}, err.read())
-
-
-def connect(port: int, user: str, password: str = "pw", path: str = "/connect") -> str:
-    reply = call(port, "POST", path, {"user": user, "password": password})
-    assert reply.status == 200, reply
-    body = reply.json
-    assert body["type"] == "connected" and body["user"] == user, body
-    token = body["token"]
-    assert isinstance(token, str) and len(token) >= 20
-    return token
-
-
-async def aconnect(port: int, user: str, password: str = "pw") -> str:
-    return await asyncio.to_thread(connect, port, user, password)
-
-
-def ok(reply: Reply, kind: str) -> dict[str, Any]:
-    """A 200 whose JSON body is the ``kind`` event."""
-    assert reply.status == 200, reply
-    body = reply.json
-    assert body["type"] == kind, body
-    return body
 
 
 def flood(port: int, token: str, to: str, count: int, size: int = 3900) -> list[str]:
@@ -177,16 +82,6 @@ def flood(port: int, token: str, to: str, count: int, size: int = 3900) -> list[
         return [ok(request(conn, "POST", "/send", body, token), "ack")["id"] for _ in range(count)]
     finally:
         conn.close()
-
-
-def http_on(port: int, gateway: str, token: str) -> http.client.HTTPConnection:
-    """A keep-alive connection that the kernel's SO_REUSEPORT spread put on ``gateway``."""
-    for _ in range(60):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-        if ok(request(conn, "GET", "/status", token=token), "status")["gateway"] == gateway:
-            return conn
-        conn.close()
-    raise AssertionError(f"never landed on {gateway}")
 
 
 @dataclass
