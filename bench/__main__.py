@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from bench.servers import (
     RedchatDeployment,
     Target,
     raise_fd_limit,
+    run_bench,
 )
 
 __all__ = ["main"]
@@ -289,16 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if limit < need:
         print(f"redchat-bench: open-file limit {limit} < {need}; raise ulimit -n", file=sys.stderr)
         return 2
-    # SIGTERM takes the Ctrl-C path, whose `finally` stops every server started.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    runner: Any = asyncio.run
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        pass
-    report = runner(_run(args))
+    report = run_bench(_run(args))
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -58,7 +58,6 @@ import json
 import os
 import random
 import re
-import signal
 import socket
 import struct
 import sys
@@ -72,7 +71,7 @@ from typing import Any, Final, TypeVar
 from redis.asyncio import Redis
 
 from bench.load import percentile
-from bench.servers import RedchatDeployment, cpu_seconds, raise_fd_limit, rss_kb
+from bench.servers import RedchatDeployment, cpu_seconds, raise_fd_limit, rss_kb, run_bench
 
 __all__ = ["main"]
 
@@ -1288,18 +1287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         conversations=args.conversations,
     )
     raise_fd_limit()
-    # SIGTERM takes the Ctrl-C path, whose `finally` stops every server started.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    runner: Any = asyncio.run
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        pass
     attacks = Attacks(opts)
     started = time.monotonic()
-    sections = runner(attacks.run())
+    sections = run_bench(attacks.run())
     took = time.monotonic() - started
     if args.json:
         report = {

@@ -60,7 +60,6 @@ import json
 import os
 import platform
 import secrets
-import signal
 import statistics
 import sys
 import time
@@ -70,7 +69,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 from bench.load import percentile
-from bench.servers import RedchatDeployment, cpu_seconds, raise_fd_limit
+from bench.servers import RedchatDeployment, cpu_seconds, raise_fd_limit, run_bench
 
 __all__ = ["main"]
 
@@ -642,16 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if limit < 2 * opts.clients + 100:
         print(f"redchat-bench: open-file limit {limit} too low; raise ulimit -n", file=sys.stderr)
         return 2
-    # SIGTERM takes the Ctrl-C path, whose `finally` stops every server started.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    runner: Any = asyncio.run
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        pass
-    report = runner(run(opts))
+    report = run_bench(run(opts))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0 if report["ok"] else 1

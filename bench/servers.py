@@ -11,6 +11,7 @@ RSS and CPU the report shows, read from /proc.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import resource
@@ -20,9 +21,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 from gateway.embedded_redis import RedisProcess, free_port, start_redis_server
+
+T = TypeVar("T")
 
 __all__ = [
     "BaselineProcess",
@@ -33,6 +38,20 @@ __all__ = [
     "raise_fd_limit",
     "rss_kb",
 ]
+
+
+def run_bench(main: Coroutine[Any, Any, T]) -> T:
+    """Run a bench's main coroutine (on uvloop when installed); SIGTERM takes the
+    Ctrl-C path, whose ``finally`` stops every server started."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    runner: Callable[[Coroutine[Any, Any, T]], T] = asyncio.run
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        pass
+    return runner(main)
 
 
 def raise_fd_limit() -> int:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
     "Reply", "acall", "aconnect", "call", "connect", "encode_body", "headers_for", "http_on", "ok",
-    "request",
+    "parse_answer", "request",
 ]  # fmt: skip
 
 
@@ -131,3 +132,22 @@ def http_on(port: int, gateway: str, token: str) -> http.client.HTTPConnection:
             return conn
         conn.close()
     raise AssertionError(f"never landed on {gateway}")
+
+
+def parse_answer(data: bytes, *, head: bool = False) -> tuple[Reply | None, bytes]:
+    """The first whole HTTP/1.1 answer in ``data`` (bodies by Content-Length; none for
+    a HEAD) and what follows it; None while not all of it is here."""
+    top, sep, rest = data.partition(b"\r\n\r\n")
+    if not sep:
+        return None, data
+    lines = top.decode("latin-1").split("\r\n")
+    m = re.fullmatch(r"HTTP/1\.1 (\d{3}) .*", lines[0])
+    assert m, lines[0]
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = 0 if head else int(headers.get("content-length", "0"))
+    if len(rest) < length:
+        return None, data
+    return Reply(int(m.group(1)), headers, rest[:length]), rest[length:]

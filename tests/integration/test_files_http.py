@@ -33,7 +33,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.embedded_redis import find_redis_server, free_port, redis_answers
-from tests.httpkit import Reply, call, connect, http_on, ok, request
+from tests.httpkit import Reply, call, connect, http_on, ok, parse_answer, request
 from tests.support import Deployment, RedisServer, doc_recipes, running, wait_for
 
 GENERAL: Final = "#general"
@@ -96,24 +96,6 @@ def download(port: int, path: str, token: str | None = None, method: str = "GET"
         conn.close()
 
 
-def parse_answer(data: bytes) -> Reply | None:
-    """One whole HTTP/1.1 answer with a Content-Length body (None: not all here yet)."""
-    head, sep, rest = data.partition(b"\r\n\r\n")
-    if not sep:
-        return None
-    lines = head.decode("latin-1").split("\r\n")
-    m = re.fullmatch(r"HTTP/1\.1 (\d{3}) .*", lines[0])
-    assert m, lines[0]
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
-    if len(rest) < length:
-        return None
-    return Reply(int(m.group(1)), headers, rest[:length])
-
-
 class RawConn:
     """A socket written to by hand: the headers alone, a body in pieces, a stall."""
 
@@ -135,7 +117,7 @@ class RawConn:
         """The answer, once whole; None if it has not come within ``timeout``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while (reply := parse_answer(self.data)) is None:
+        while (reply := parse_answer(self.data)[0]) is None:
             left = deadline - loop.time()
             if left <= 0:
                 return None

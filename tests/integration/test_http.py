@@ -43,6 +43,7 @@ from tests.httpkit import (
     headers_for,
     http_on,
     ok,
+    parse_answer,
     request,
 )  # fmt: skip
 from tests.support import Deployment, RedisServer, TextClient, next_of, running
@@ -140,20 +141,10 @@ def parse_responses(data: bytes, methods: list[str]) -> tuple[list[Reply], bytes
     """HTTP/1.1 answers (bodies by Content-Length), in order, and what is left over."""
     out: list[Reply] = []
     for method in methods:
-        head, sep, rest = data.partition(b"\r\n\r\n")
-        if not sep:
+        reply, data = parse_answer(data, head=method == "HEAD")
+        if reply is None:
             break
-        lines = head.decode("latin-1").split("\r\n")
-        m = re.fullmatch(r"HTTP/1\.1 (\d{3}) .*", lines[0])
-        assert m, lines[0]
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        length = 0 if method == "HEAD" else int(headers.get("content-length", "0"))
-        assert len(rest) >= length, (data, method)
-        out.append(Reply(int(m.group(1)), headers, rest[:length]))
-        data = rest[length:]
+        out.append(reply)
     return out, data
 
 
