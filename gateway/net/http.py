@@ -243,6 +243,11 @@ class HttpExchange:
             raise _refuse(400, "bad_request", "say the file's name: POST /files?to=..&name=..")
         if "content-length" not in req.headers and "transfer-encoding" not in req.headers:
             raise _refuse(411, "bad_request", "an upload needs its Content-Length")
+        if req.headers.get("content-type", "").startswith("multipart/"):
+            raise _refuse(
+                415, "bad_request", "send the file's bytes as the body, not a form:"
+                " curl --data-binary @FILE '.../files?to=..&name=..'",
+            )  # fmt: skip
         mime = query.get("mime") or req.headers.get("content-type", "")
         if not mime or mime.startswith("application/x-www-form-urlencoded"):  # curl's default
             mime = mimetypes.guess_type(name)[0] or "application/octet-stream"

@@ -78,7 +78,7 @@ _REASONS: Final = {
     100: b"Continue", 200: b"OK", 204: b"No Content", 400: b"Bad Request",
     401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
     405: b"Method Not Allowed", 408: b"Request Timeout", 409: b"Conflict", 411: b"Length Required",
-    413: b"Content Too Large", 429: b"Too Many Requests",
+    413: b"Content Too Large", 415: b"Unsupported Media Type", 429: b"Too Many Requests",
     431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
     501: b"Not Implemented", 503: b"Service Unavailable", 505: b"HTTP Version Not Supported",
 }  # fmt: skip

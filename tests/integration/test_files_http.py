@@ -276,6 +276,25 @@ async def test_every_size_round_trips_byte_for_byte_across_two_gateways(
 # ---------------------------------------------------------------------------
 
 
+async def test_a_form_upload_is_refused_with_the_way_to_do_it(deployment: Deployment) -> None:
+    """``curl -F`` sends a form, not the file: 415 says to send the bytes, and
+    nothing is stored; the connection goes on."""
+    port = deployment.port
+    token = await asyncio.to_thread(connect, port, "fern")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        form = b"--b\r\nContent-Disposition: form-data; name=f\r\n\r\nhi\r\n--b--\r\n"
+        got = await asyncio.to_thread(
+            upload, conn, token, GENERAL, "f.txt", form,
+            content_type="multipart/form-data; boundary=b",
+        )  # fmt: skip
+        assert got.status == 415 and "--data-binary" in got.json["message"], got
+        again = await asyncio.to_thread(upload, conn, token, GENERAL, "f.txt", b"hi")
+        assert acked_file(again)["size"] == 2
+    finally:
+        conn.close()
+
+
 async def test_413_comes_from_the_headers_before_any_body_byte(deployment: Deployment) -> None:
     port = deployment.port
     token = connect(port, "ann")
