@@ -285,11 +285,14 @@ class HttpExchange:
         )
         if not req.head:
             sent = 0
-            async for chunk in store.files.chunks(conversation, fid):
-                sent += len(chunk)
-                await self.session.write_answer(self.codec.answer_part(chunk), last=False)
+            try:
+                async for chunk in store.files.chunks(conversation, fid):
+                    sent += len(chunk)
+                    await self.session.write_answer(self.codec.answer_part(chunk), last=False)
+            except (ClientError, Unavailable) as exc:  # expired, or Redis gone, mid-way
+                log.warning("file %s: download cut after %d bytes: %s", fid, sent, exc)
             if sent != info.size:  # the answer promised its length: it cannot end well
-                log.warning("file %s: %d bytes of %d stored", fid, sent, info.size)
+                log.warning("file %s: %d bytes of %d sent; closing", fid, sent, info.size)
                 self.session.abort()
                 return 0, {}, {}
         await self.session.write_answer(self.codec.end_answer())

@@ -22,6 +22,7 @@ import importlib.util
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -293,6 +294,39 @@ async def test_a_form_upload_is_refused_with_the_way_to_do_it(deployment: Deploy
         assert acked_file(again)["size"] == 2
     finally:
         conn.close()
+
+
+async def test_a_download_cut_by_redis_going_away_is_closed_short(
+    own_redis: list[RedisServer], tmp_path: Path
+) -> None:
+    """Redis stops answering in the middle of a download: the answer cannot change
+    its status any more, so the connection is closed before its Content-Length (the
+    client knows it is short), and nothing else is written into the body."""
+    redis = own_redis[0]
+    async with running(Deployment(redis, tmp_path, gateways=1)) as dep:
+        token = await asyncio.to_thread(connect, dep.port, "dora")
+        data = os.urandom(MAX_FILE)
+        fid = acked_file(
+            await asyncio.to_thread(upload_on, dep.port, token, GENERAL, "d.bin", data)
+        )["fid"]
+        reader, writer = await asyncio.open_connection("127.0.0.1", dep.port)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        auth = f"Authorization: Bearer {token}\r\n"
+        writer.write(f"GET /files/{fid} HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and f"content-length: {MAX_FILE}".encode() in head
+        first = await reader.readexactly(64 * 1024)  # the gateway is now paced by us
+        redis.pause()
+        try:
+            await asyncio.sleep(7)  # past the Redis client's 5 s timeout
+            rest = await asyncio.wait_for(reader.read(), 30)
+        finally:
+            redis.resume()
+        got = first + rest
+        assert len(got) < MAX_FILE and data.startswith(got), len(got)
+        writer.close()
+        assert "download cut after" in dep.logs()
 
 
 async def test_413_comes_from_the_headers_before_any_body_byte(deployment: Deployment) -> None:
