@@ -39,6 +39,7 @@ from gateway.protocol.http import (
 )
 from gateway.protocol.ops import Reject, check_cid, check_target
 from gateway.store.files import valid_fid
+from gateway.web.assets import SECURITY_HEADERS, asset, not_modified
 
 if TYPE_CHECKING:
     from gateway.net.session import Session
@@ -114,6 +115,7 @@ class HttpExchange:
         self.codec = codec
         self.gw = session.gw
         self.user: str | None = None  # who the request being served is from, once known
+        self.written = 200  # the status of an answer written as it went (a file, a page)
 
     async def serve(self, item: HttpRequest | HttpReject) -> None:
         try:
@@ -136,7 +138,7 @@ class HttpExchange:
                 item.method, item.path[:200], item.status, self.session.peer, item.message,
             )  # fmt: skip
             return
-        self.user = None
+        self.user, self.written = None, 200
         try:
             status, body, headers = await self._route(item)
         except _Answer as answer:
@@ -159,7 +161,7 @@ class HttpExchange:
             await self._write(status, body, head=item.head, headers=headers)
         log.info(
             "http %s %s %d user=%s peer=%s %.1fms",
-            item.method, item.path[:200], status or 200, self.user, self.session.peer,
+            item.method, item.path[:200], status or self.written, self.user, self.session.peer,
             (time.monotonic() - start) * 1000,
         )  # fmt: skip
 
@@ -184,6 +186,8 @@ class HttpExchange:
                 405, "bad_request", f"{req.method[:20]} is not allowed on {req.path}",
                 Allow=", ".join(methods),
             )  # fmt: skip
+        if route.kind is RouteKind.STATIC:
+            return await self._static(req, route.op)
         if route.kind is RouteKind.CONNECT:
             return await self._connect(req)
         if route.kind is RouteKind.DOWNLOAD:
@@ -215,6 +219,25 @@ class HttpExchange:
         conn = RequestConn(user, self.session.peer_address)
         error = await self.session.run(Context(self.gw, conn), self._command(req, route.op))
         return _reply(error, conn.events)
+
+    async def _static(self, req: HttpRequest, path: str) -> _Served:
+        """The browser page's files (``gateway.web``): revalidated on every use
+        (``no-cache``) by their ETag, so a 304 answers a page the browser has, and a
+        new release is seen at once. Served with the page's security headers."""
+        found = asset(path)
+        if found is None:
+            raise _refuse(404, "not_found", f"no such path: {req.path[:100]}")
+        headers = {"ETag": found.etag, "Cache-Control": "no-cache", **SECURITY_HEADERS}
+        if not_modified(req.headers.get("if-none-match"), found.etag):
+            status, body = 304, b""
+        else:
+            status, body = 200, found.body
+        self.written = status
+        data = self.codec.respond(
+            status, body, head=req.head, content_type=found.content_type, headers=headers
+        )
+        await self.session.write_answer(data)
+        return 0, {}, {}
 
     async def _token_user(self, req: HttpRequest) -> tuple[str, str]:
         """The request's token and the user it stands for; 401 when there is none."""

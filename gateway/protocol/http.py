@@ -141,6 +141,7 @@ class RouteKind(enum.Enum):
     UPLOAD = "upload"  # POST /files: raw bytes become a file message
     DOWNLOAD = "download"  # GET /files/<fid>
     OP = "op"  # any JSON-lines op, through the same handlers
+    STATIC = "static"  # the browser page's files (gateway.web): op is the path
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +165,10 @@ _SPECIAL: Final = {
     "/status": Route(RouteKind.OP, "status", allow=("GET", "POST")),
     "/history": Route(RouteKind.OP, "history", allow=("GET", "POST")),
     "/log": Route(RouteKind.OP, "log", allow=("GET", "POST")),
+    # the browser page (gateway/web): one HTML file, one script, one stylesheet
+    "/": Route(RouteKind.STATIC, "/", allow=("GET",), needs_token=False),
+    "/app.js": Route(RouteKind.STATIC, "/app.js", allow=("GET",), needs_token=False),
+    "/app.css": Route(RouteKind.STATIC, "/app.css", allow=("GET",), needs_token=False),
 }
 _NOT_OPS: Final = {"reply", "switch", "login", "quit"}  # text-only, or a route above
 

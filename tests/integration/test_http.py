@@ -720,7 +720,7 @@ async def test_error_statuses(deployment: Deployment) -> None:
 
         # 404: an unknown path (no token needed to learn that), not_found, unknown_user
         bad(call(port, "GET", "/nope"), 404, "not_found")
-        bad(call(port, "GET", "/"), 404, "not_found")
+        bad(call(port, "GET", "/nope/"), 404, "not_found")
         bad(call(port, "POST", "/login/extra", {"user": "x", "password": "y"}), 404, "not_found")
         bad(call(port, "POST", "/cancel", {"sid": "nope"}, who), 404, "not_found")
         bad(call(port, "POST", "/send", {"to": "nobody", "text": "x"}, who), 404, "unknown_user")

@@ -1,0 +1,1 @@
+"""The browser chat page: one HTML file, one script, one stylesheet (``assets``)."""
