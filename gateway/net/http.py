@@ -48,6 +48,9 @@ __all__ = ["HttpExchange", "RequestConn"]
 
 log = logging.getLogger("redchat.http")
 
+# Pictures a browser may show in place; anything else (SVG included: it can carry
+# script) is downloaded, never opened on this origin.
+INLINE_TYPES: Final = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 POLL_MOST: Final = 500  # messages one GET /messages returns; "more" says to ask again
 
 
@@ -299,7 +302,7 @@ class HttpExchange:
         conversation, info = found
         headers = {
             "Content-Type": info.mime,
-            "Content-Disposition": _disposition(info.name),
+            "Content-Disposition": _disposition(info.name, inline=info.mime in INLINE_TYPES),
             "X-Content-Type-Options": "nosniff",
             "Cache-Control": "private, max-age=3600",
         }
@@ -366,8 +369,9 @@ def _reply(error: Error | None, events: list[Event]) -> tuple[int, dict[str, Any
     return 200, body, {}
 
 
-def _disposition(name: str) -> str:
-    """``attachment`` with the name for every client: an ASCII fallback, and the
-    exact name in RFC 5987 form."""
+def _disposition(name: str, inline: bool = False) -> str:
+    """``attachment`` (or ``inline``, for a picture) with the name for every client:
+    an ASCII fallback, and the exact name in RFC 5987 form."""
     plain = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
-    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"
+    kind = "inline" if inline else "attachment"
+    return f"{kind}; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"

@@ -237,7 +237,8 @@ async def test_every_size_round_trips_byte_for_byte_across_two_gateways(
             assert h["content-type"] == expected_mime
             assert h["content-length"] == str(size)
             assert h["x-content-type-options"] == "nosniff"
-            assert h["content-disposition"].startswith("attachment; filename=")
+            kind = "inline" if expected_mime == "image/png" else "attachment"  # a picture
+            assert h["content-disposition"].startswith(f"{kind}; filename=")
             assert f"filename*=UTF-8''{quote(name, safe='')}" in h["content-disposition"]
             assert disposition_name(h["content-disposition"]) == name
             fallback = re.search(r'filename="([^"]*)"', h["content-disposition"])
