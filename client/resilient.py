@@ -260,12 +260,17 @@ class ResilientClient(ChatClient):
     async def request(self, op: str, timeout: float | None = None, **fields: Any) -> Any:
         """A request on the current connection, waiting up to ``timeout`` for one."""
         timeout = self.timeout_s if timeout is None else timeout
+        conn = await self._current(timeout)
+        return await conn.request(op, timeout=timeout, **fields)
+
+    async def _current(self, timeout: float) -> Connection:
+        """The connection once it is up, waiting at most ``timeout``."""
         try:
             await asyncio.wait_for(self._up.wait(), timeout)
         except TimeoutError:
             raise ConnectionClosed("not connected") from None
         assert self._conn is not None
-        return await self._conn.request(op, timeout=timeout, **fields)
+        return self._conn
 
     async def request_stream(
         self, op: str, timeout: float | None = None, **fields: Any
@@ -273,13 +278,9 @@ class ResilientClient(ChatClient):
         """A request answered by several events, on the current connection (which, if
         it drops meanwhile, ends the stream with ConnectionClosed)."""
         timeout = self.timeout_s if timeout is None else timeout
-        try:
-            await asyncio.wait_for(self._up.wait(), timeout)
-        except TimeoutError:
-            raise ConnectionClosed("not connected") from None
-        assert self._conn is not None
+        conn = await self._current(timeout)
         async with contextlib.aclosing(
-            self._conn.request_stream(op, timeout=timeout, **fields)
+            conn.request_stream(op, timeout=timeout, **fields)
         ) as events:
             async for ev in events:
                 yield ev
