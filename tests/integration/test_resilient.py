@@ -134,7 +134,8 @@ async def test_sends_queued_while_down_are_stored_once_in_order(
     assert await alice.flush(timeout=20)
 
     ids = [await item.wait() for item in queued]
-    assert len(set(ids)) == 4 and alice.unacked == []
+    # ids are unique within a conversation: the DM may share one with #general's
+    assert len(set(ids[:3])) == 3 and all(ids) and alice.unacked == []
     history = await bob.history("#general", limit=50)
     texts = [m["text"] for m in history if m["from"] == "alice"]
     assert texts == ["queued 0", "queued 1", "queued 2"]
