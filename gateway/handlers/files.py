@@ -9,9 +9,10 @@ as one message) and has byte quota left. A retry with the same ``cid`` gets the
 file it stored the first time.
 
 JSON-lines clients (and any HTTP client, as ``POST /<op>``) send a file in chunks:
-``upload`` runs those checks and takes the quota for the declared size, then
-``chunk`` requests store the bytes, and ``finish_upload`` checks size and SHA-256 and
-sends the message (or ``abort_upload`` drops it). Nothing of an upload lives in the gateway:
+``upload`` runs those checks (but the rate limit) and takes the byte quota for the
+declared size, then ``chunk`` requests store the bytes, and ``finish_upload`` checks
+the rate limit, the size and the SHA-256, and sends the message; a refused one is
+deleted (as is one ``abort_upload`` drops). Nothing of an upload lives in the gateway:
 its id carries the conversation, and the store keeps the rest (who, where to, the
 ``cid``) until it is finished or expires, so the chunks of one upload may come over
 any connection to any gateway. ``fetch`` sends a file back, a chunk per event.
