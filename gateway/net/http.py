@@ -196,7 +196,8 @@ class HttpExchange:
         if route.kind is RouteKind.DOWNLOAD:
             return await self._download(req, route.op)
         token, user = await self._token_user(req)
-        ctx = Context(self.gw, RequestConn(user, self.session.peer_address))
+        conn = RequestConn(user, self.session.peer_address)
+        ctx = Context(self.gw, conn)
         if req.head and route.kind is RouteKind.EVENTS:  # the headers of a stream, no stream
             await self.session.write_answer(self.codec.start_stream(user, {}, head=True))
             return 0, {}, {}
@@ -219,8 +220,7 @@ class HttpExchange:
                 return 0, {}, {}
             case RouteKind.UPLOAD:
                 return await self._upload(req, ctx)
-        conn = RequestConn(user, self.session.peer_address)
-        error = await self.session.run(Context(self.gw, conn), self._command(req, route.op))
+        error = await self.session.run(ctx, self._command(req, route.op))
         return _reply(error, conn.events)
 
     async def _static(self, req: HttpRequest, path: str) -> _Served:

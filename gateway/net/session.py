@@ -221,7 +221,7 @@ class Session(asyncio.Protocol):
             else:
                 self._start(JsonCodec if framing is Framing.JSON else TextCodec)
         assert self.codec is not None
-        if self.http is not None and not self.codec.partial:  # type: ignore[attr-defined]
+        if self.http is not None and not self.http.codec.partial:
             self._request_began = self.last_heard
         self.codec.push(data)
         if self.codec.buffered > MAX_UNREAD_BYTES and not self._reading_paused:

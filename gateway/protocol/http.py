@@ -397,14 +397,11 @@ class HttpCodec(Codec):
                 limit, upload = self.body_limits[prefix], True
         length = headers.get("content-length")
         if length is not None and int(length) > limit:  # h11 checked it is a number
-            self._in_response = True  # answer now; the body is never read
-            reject = self._too_large(limit)
-            return HttpReject(reject.status, reject.code, reject.message, method, path)
+            return self._too_large(limit, method, path)  # answered now, the body never read
         wants = int(length) if length is not None else limit
         if upload and method == "POST" and self.admit is not None and not self.admit(wants):
             message = "too many uploads in progress here; retry shortly"
-            self._reject(503, message, "unavailable")
-            return HttpReject(503, "unavailable", message, method, path, retry_after=1)
+            return self._reject(503, message, "unavailable", method, path, retry_after=1)
         self._partial = _Partial(method, target, headers, limit=limit)
         if self._h11.they_are_waiting_for_100_continue:
             self._output += self._h11.send(h11.InformationalResponse(status_code=100, headers=[]))
@@ -421,15 +418,20 @@ class HttpCodec(Codec):
             return self._reject(400, "the query is not valid UTF-8")
         return HttpRequest(partial.method, split.path or "/", query, partial.headers, partial.body)
 
-    def _too_large(self, limit: int) -> HttpReject:
-        return self._reject(413, f"the body is over the limit of {limit} bytes", "too_large")
+    def _too_large(self, limit: int, method: str = "-", path: str = "-") -> HttpReject:
+        message = f"the body is over the limit of {limit} bytes"
+        return self._reject(413, message, "too_large", method, path)
 
-    def _reject(self, status: int, message: str, code: str = "bad_request") -> HttpReject:
+    def _reject(
+        self, status: int, message: str, code: str = "bad_request", method: str = "-",
+        path: str = "-", retry_after: int | None = None,
+    ) -> HttpReject:  # fmt: skip
         self._partial = None
         self.must_close = True
         self._in_response = True
         message = _CONTROL.sub(" ", message)[:200]
-        return HttpReject(status, "too_large" if status == 413 else code, message)
+        code = "too_large" if status == 413 else code
+        return HttpReject(status, code, message, method, path, retry_after)
 
     # -- output -----------------------------------------------------------------
     def respond(

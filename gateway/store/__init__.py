@@ -191,12 +191,8 @@ class Store:
         """
         if file is not None:
             text = file.name
-        if admitted:  # the caller ran ``admit`` (a file checks before storing its bytes)
-            return await self._send(
-                sender, conversation, to, text, cid=cid, reply_to=reply_to, scheduled=scheduled,
-                file=file,
-            )  # fmt: skip
-        taken = await self.admit(sender, conversation, cid)
+        # ``admitted``: the caller ran ``admit`` (a file checks before storing its bytes)
+        taken = False if admitted else await self.admit(sender, conversation, cid)
         try:
             return await self._send(
                 sender, conversation, to, text, cid=cid, reply_to=reply_to, scheduled=scheduled,
