@@ -72,6 +72,13 @@ async def send_file(
         if taken:
             await store.moderation.refund(me, cid)
         raise
+    if result.duplicate:
+        # A twin with the same cid was stored first (sent at the same moment): its
+        # file is the one the message carries; these bytes go unused, and expire.
+        await store.files.refund_quota(me, len(data))
+        first = await store.messages.read_one(conversation, result.id)
+        if first is not None and first.file is not None:
+            info = first.file
     log.info("file user=%s to=%s id=%s fid=%s bytes=%d", me, shown, result.id, info.fid, info.size)
     return result, info
 
@@ -192,6 +199,10 @@ async def finish_upload(ctx: Context, cmd: FinishUpload) -> None:
         if ours:
             await store.files.refund_quota(me, size)
         raise
+    if result.duplicate:  # an earlier upload with this cid is the message: name its file
+        first = await store.messages.read_one(conversation, result.id)
+        if first is not None and first.file is not None:
+            info = first.file
     ctx.conn.send_event(FileAck(result.id, info, cid=cid or None, rid=cmd.rid))
     log.info(
         "file user=%s to=%s id=%s fid=%s bytes=%d (in chunks)",

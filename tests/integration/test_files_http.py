@@ -693,6 +693,18 @@ async def test_a_retried_upload_with_the_same_cid_is_the_same_file(
     assert again["file"] == first["file"]  # got: a new fid, which no message carries
     assert len((await file_keys(redis, deployment.prefix))["index"]) == 1
     assert await redis.get(f"{deployment.prefix}:{{u:ann}}:fileq") == "5000"
+    # The same upload twice at once: one message, and both answers name its file.
+    twins = await asyncio.gather(
+        *(asyncio.to_thread(upload_on, port, ann, GENERAL, "b.bin", data, cid="twice")
+          for _ in range(2))
+    )  # fmt: skip
+    one, two = (ok(reply, "ack") for reply in twins)
+    assert one["id"] == two["id"] and one["file"] == two["file"]
+    history = ok(call(port, "GET", "/history?with=%23general&limit=50", token=ann), "history")
+    assert [m["file"]["fid"] for m in history["messages"] if m["text"] == "b.bin"] == [
+        one["file"]["fid"]
+    ]
+    assert await redis.get(f"{deployment.prefix}:{{u:ann}}:fileq") == "10000"
 
 
 # ---------------------------------------------------------------------------

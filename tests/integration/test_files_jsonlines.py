@@ -347,6 +347,18 @@ async def test_a_file_over_the_rate_limit_is_refused_and_dropped(
         assert ack["file"]["size"] == CHUNK + 5
 
 
+async def test_two_uploads_with_one_cid_are_one_message(deployment: Deployment) -> None:
+    """A client that retried its whole upload (same cid): one message, and both
+    ``finish_upload`` answers name the file that message carries."""
+    una = await deployment.login("una")
+    data = data_of(CHUNK + 7)
+    uids = [await begin(una, data, cid="same") for _ in range(2)]
+    for uid in uids:
+        await put(una, uid, data, range(2))
+    acks = [await una.request("finish_upload", uid=uid) for uid in uids]
+    assert acks[0]["id"] == acks[1]["id"] and acks[0]["file"] == acks[1]["file"]
+
+
 async def test_only_readers_of_the_conversation_fetch(deployment: Deployment) -> None:
     alice, bob = await deployment.login("alice"), await deployment.login("bob")
     carol = await deployment.login("carol")
