@@ -313,6 +313,7 @@ class HttpCodec(Codec):
         self._partial: _Partial | None = None
         self._output = bytearray()
         self._in_response = False
+        self._head = False  # the request being answered is a HEAD: its answer has no body
         self.must_close = False
         self.streaming = False
         self._user = ""
@@ -391,6 +392,7 @@ class HttpCodec(Codec):
         except UnicodeDecodeError:
             return self._reject(400, "the request line and header names must be ASCII")
         path = urlsplit(target).path
+        self._head = method == "HEAD"
         limit, upload = self.max_body_bytes, False
         for prefix in sorted(self.body_limits, key=len):  # the longest match wins
             if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
@@ -458,6 +460,7 @@ class HttpCodec(Codec):
         close = close or self.must_close or self._h11.their_state is not h11.DONE
         if close:
             fields.append((b"connection", b"close"))
+        head = head or self._head  # whoever answers, a HEAD gets no body
         out = self._send_response(status, fields)
         if out is None:
             return self._raw_response(status, fields, b"" if head else data)
@@ -498,6 +501,7 @@ class HttpCodec(Codec):
             self.must_close = True
             return
         self._in_response = False
+        self._head = False
 
     # -- an answer in parts (a download) -----------------------------------------------
     def begin_answer(self, status: int, headers: Mapping[str, str], length: int) -> bytes:

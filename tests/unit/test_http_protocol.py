@@ -1412,3 +1412,21 @@ def test_fuzz_header_count(headers: list[tuple[str, str]], cuts: list[int]) -> N
         assert isinstance(item, HttpRequest)
         expected = {"host": "chat.example"} | {n: v.strip() for n, v in headers}
         assert dict(item.headers) == expected
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"HEAD /send HTTP/1.1\r\nHost: x\r\nContent-Length: 99999\r\n\r\n",  # 413 from headers
+        b"HEAD /status?x=%ff HTTP/1.1\r\nHost: x\r\n\r\n",  # a query that is not UTF-8
+    ],
+)
+def test_a_refused_head_request_is_answered_without_a_body(request_bytes: bytes) -> None:
+    """Found by the end-to-end fuzz: answering a refused HEAD with a body made h11 raise."""
+    codec = HttpCodec(1000)
+    codec.push(request_bytes)
+    got = codec.next()
+    assert isinstance(got, HttpReject)
+    out = codec.respond(got.status, error_body(got.code, got.message))
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {got.status} ".encode()) and body == b""
