@@ -376,6 +376,7 @@ class HttpCodec(Codec):
                 return self._complete()
 
     def _begin(self, event: h11.Request) -> HttpReject | None:
+        self._head = event.method == b"HEAD"  # before any refusal: its answer has no body
         if len(event.headers) > MAX_HEADERS:
             return self._reject(431, f"more than {MAX_HEADERS} headers")
         # h11 bounds the block only while it waits for its end; a whole one can be longer.
@@ -392,7 +393,6 @@ class HttpCodec(Codec):
         except UnicodeDecodeError:
             return self._reject(400, "the request line and header names must be ASCII")
         path = urlsplit(target).path
-        self._head = method == "HEAD"
         limit, upload = self.max_body_bytes, False
         for prefix in sorted(self.body_limits, key=len):  # the longest match wins
             if path == prefix or path.startswith(prefix.rstrip("/") + "/"):

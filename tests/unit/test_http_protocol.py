@@ -1419,6 +1419,8 @@ def test_fuzz_header_count(headers: list[tuple[str, str]], cuts: list[int]) -> N
     [
         b"HEAD /send HTTP/1.1\r\nHost: x\r\nContent-Length: 99999\r\n\r\n",  # 413 from headers
         b"HEAD /status?x=%ff HTTP/1.1\r\nHost: x\r\n\r\n",  # a query that is not UTF-8
+        b"HEAD /status HTTP/1.1\r\nHost: x\r\n" + b"X: y\r\n" * 101 + b"\r\n",  # 431
+        b"HEAD /status HTTP/1.2\r\nHost: x\r\n\r\n",  # 505
     ],
 )
 def test_a_refused_head_request_is_answered_without_a_body(request_bytes: bytes) -> None:
