@@ -1432,3 +1432,32 @@ def test_a_refused_head_request_is_answered_without_a_body(request_bytes: bytes)
     out = codec.respond(got.status, error_body(got.code, got.message))
     head, _, body = out.partition(b"\r\n\r\n")
     assert head.startswith(f"HTTP/1.1 {got.status} ".encode()) and body == b""
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    method=st.sampled_from(["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"]),
+    path=st.sampled_from(["/status", "/send", "/files", "/files/x", "/", "/nope", "/s?x=%ff"]),
+    version=st.sampled_from(["1.0", "1.1", "1.2", "2.0"]),
+    extra=st.integers(0, 110),
+    length=st.one_of(st.none(), st.integers(0, 10**7)),
+)
+def test_whatever_a_request_gets_it_is_answered_well_formed(
+    method: str, path: str, version: str, extra: int, length: int | None
+) -> None:
+    """Any refusal or request of any method can be answered: no h11 error, and a
+    HEAD's answer has no body."""
+    head = f"{method} {path} HTTP/{version}\r\nHost: x\r\n" + "X: y\r\n" * extra
+    if length is not None:
+        head += f"Content-Length: {length}\r\n"
+    codec = HttpCodec(1000, body_limits={"/files": 5000})
+    codec.push(head.encode() + b"\r\n")
+    got = codec.next()
+    if got is None:
+        return  # waiting for a body
+    status = got.status if isinstance(got, HttpReject) else 200
+    out = codec.respond(status, error_body("x", "y"))
+    top, _, body = out.partition(b"\r\n\r\n")
+    assert top.startswith(f"HTTP/1.1 {status} ".encode())
+    if method == "HEAD":
+        assert body == b""
