@@ -31,6 +31,16 @@ class StoreSettings:
     """What every process that touches Redis agrees on."""
 
     redis_url: str = opt("", "Redis URL; empty starts an embedded redis-server", "--redis")
+    redis_cluster: bool = opt(
+        False,
+        "--redis names one node of a Redis Cluster (redis://host:port): keys spread over"
+        " its shards, events go by sharded pub/sub (Redis 7 or newer)",
+    )
+    redis_wait_replicas: int = opt(
+        0,
+        "replicas that must have a message before its sender gets the ack (WAIT, up to"
+        " 2 s; else the send fails and the client retries); 0 does not wait",
+    )
     prefix: str = opt("redchat", "prefix of every Redis key and channel")
     message_ttl_s: int = opt(3600, "message lifetime in seconds, 0 keeps forever", "--message-ttl")
     history_max_len: int = opt(100_000, "most messages kept per conversation")
@@ -223,6 +233,10 @@ def _validate(settings: Any) -> None:
     if getattr(settings, "file_quota_bytes", 0) and getattr(settings, "file_quota_window_s", 1) < 1:
         raise ConfigError("--file-quota-window-s must be at least 1 with a file quota")
     if isinstance(settings, StoreSettings):
+        if settings.redis_cluster and not settings.redis_url:
+            raise ConfigError("--redis-cluster needs --redis redis://host:port of one node")
+        if settings.redis_cluster and not settings.redis_url.startswith(("redis://", "rediss://")):
+            raise ConfigError("--redis-cluster needs a redis:// or rediss:// URL of one node")
         if settings.schedule_lease_s < 1:
             raise ConfigError("--schedule-lease-s must be at least 1")
         if not 0.01 <= settings.schedule_poll_s <= 60:

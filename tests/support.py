@@ -1,4 +1,5 @@
-"""Real parts for end-to-end tests: a redis-server on a free port, gateway processes.
+"""Real parts for end-to-end tests: a redis-server on a free port, a Redis Cluster of
+them, gateway processes.
 
 Nothing here touches the Redis on 127.0.0.1:6379: every server is started by the
 tests on a port the OS picked, with its files in a temporary folder.
@@ -19,8 +20,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+from redis.asyncio import Redis
+
 from client.connection import ChatError, Connection
-from gateway.embedded_redis import RedisProcess, free_port, redis_answers, start_redis_server
+from gateway.embedded_redis import (
+    RedisClusterProcess,
+    RedisProcess,
+    free_port,
+    redis_answers,
+    start_redis_cluster,
+    start_redis_server,
+)
+from gateway.store import make_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,6 +82,90 @@ class RedisServer:
     def resume(self) -> None:
         assert self._redis is not None
         self._redis.resume()
+
+
+class RedisClusterServer:
+    """A Redis Cluster of redis-server children (``start_redis_cluster``), no snapshots.
+    Nodes go by index in ``nodes``: the primaries first, then their replicas (those of
+    primary 0 first). ``persist`` turns on the append-only file, fsynced on every write."""
+
+    def __init__(self, workdir: Path, primaries: int = 3, replicas_per_primary: int = 0,
+                 node_timeout_ms: int = 1000, persist: bool = False) -> None:  # fmt: skip
+        self.workdir = workdir
+        self.primaries = primaries
+        self.replicas_per_primary = replicas_per_primary
+        self.node_timeout_ms = node_timeout_ms
+        self.persist = persist
+        self._cluster: RedisClusterProcess | None = None
+
+    @property
+    def cluster(self) -> RedisClusterProcess:
+        assert self._cluster is not None, "the cluster was not started"
+        return self._cluster
+
+    @property
+    def nodes(self) -> list[RedisProcess]:
+        return self.cluster.nodes
+
+    @property
+    def url(self) -> str:
+        """A seed for ``RedisCluster.from_url``: the first node that is a primary now."""
+        return self.cluster.url
+
+    @property
+    def urls(self) -> list[str]:
+        return self.cluster.urls
+
+    def start(self) -> RedisClusterServer:
+        self._cluster = start_redis_cluster(
+            self.workdir,
+            primaries=self.primaries,
+            replicas_per_primary=self.replicas_per_primary,
+            node_timeout_ms=self.node_timeout_ms,
+            persist=self.persist,
+            appendfsync="always",
+            save="",
+        )
+        return self
+
+    def role_of(self, index: int) -> str:
+        """Node ``index``'s ROLE now: "master", "slave", or "down" (exited or not answering)."""
+        return self.cluster.role_of(self.nodes[index])
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self._cluster is not None:
+            self._cluster.stop(sig)
+
+    def kill(self, index: int) -> None:
+        """kill -9 one node."""
+        self.cluster.kill(self.nodes[index])
+
+    def restart(self, index: int) -> None:
+        """Start a killed node again: it rejoins (as a replica, if it was failed over)."""
+        self.cluster.restart(self.nodes[index])
+
+    def primary_for(self, key: str) -> int | None:
+        """The index of the node that serves ``key``'s slot now (None: none, as during
+        a failover)."""
+        import redis as sync_redis
+        from redis.crc import key_slot
+
+        slot = key_slot(key.encode())
+        for i, node in enumerate(self.nodes):
+            if self.role_of(i) != "master":
+                continue
+            with sync_redis.Redis(port=node.port, socket_timeout=2) as r:
+                for start, end, primary, *_ in r.execute_command("CLUSTER", "SLOTS"):
+                    if start <= slot <= end and int(primary[1]) == node.port:
+                        return i
+        return None
+
+    def pause(self, index: int) -> None:
+        """SIGSTOP one node: its connections stay open and nothing answers."""
+        self.nodes[index].pause()
+
+    def resume(self, index: int) -> None:
+        self.nodes[index].resume()
 
 
 class GatewayProcess:
@@ -144,11 +240,19 @@ class GatewayProcess:
 
 
 def start_worker(
-    redis_url: str, prefix: str, logdir: Path, *extra: str, name: str = "worker"
+    redis: str | RedisServer | RedisClusterServer,
+    prefix: str,
+    logdir: Path,
+    *extra: str,
+    name: str = "worker",
 ) -> subprocess.Popen[bytes]:
     """A real worker process, its log in ``logdir/<name>.log``; returns once it runs
-    (it handles SIGTERM from then on)."""
+    (it handles SIGTERM from then on). ``redis``: a URL, or a server (with
+    ``--redis-cluster`` for a cluster)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDCHAT_")}
+    redis_url = redis if isinstance(redis, str) else redis.url
+    if isinstance(redis, RedisClusterServer):
+        extra = ("--redis-cluster", *extra)
     path = logdir / f"{name}.log"
     seen = path.read_text().count("worker running") if path.exists() else 0
     with open(path, "ab") as log:
@@ -164,17 +268,39 @@ def start_worker(
     return proc
 
 
+# A module's tests that use the ``deployment`` fixture run on one Redis and on a Redis
+# Cluster (skipped without redis-server 7): ``pytestmark = ON_REDIS_AND_CLUSTER``.
+ON_REDIS_AND_CLUSTER = pytest.mark.also_on_cluster
+
+
+# What the tests run redchat on: one redis-server, or a Redis Cluster.
+AnyRedis = RedisServer | RedisClusterServer
+
+
+async def redis_client(server: AnyRedis) -> Any:
+    """A client of the tests' Redis, or of their cluster (redis-py's cluster client,
+    ready to route); the caller closes it."""
+    if isinstance(server, RedisClusterServer):
+        client = make_redis(server.url, cluster=True)
+        await client.initialize()  # type: ignore[attr-defined]
+        return client
+    return Redis.from_url(server.url, decode_responses=True)
+
+
 class Deployment:
     """N gateway processes sharing one port, on a shared redis-server, under a fresh prefix."""
 
-    def __init__(self, redis: RedisServer, tmp: Path, gateways: int = 2,
+    def __init__(self, redis: RedisServer | RedisClusterServer, tmp: Path, gateways: int = 2,
                  extra: list[str] | None = None) -> None:  # fmt: skip
         self.redis = redis
         self.tmp = tmp
+        flags = list(extra or [])
+        if isinstance(redis, RedisClusterServer):
+            flags.insert(0, "--redis-cluster")
         self.port = free_port()
         self.prefix = "t" + uuid.uuid4().hex[:10]
         self.gateways = [
-            GatewayProcess(f"gw{i + 1}", self.port, redis.url, self.prefix, tmp, extra)
+            GatewayProcess(f"gw{i + 1}", self.port, redis.url, self.prefix, tmp, flags)
             for i in range(gateways)
         ]
         self._connections: list[Connection] = []

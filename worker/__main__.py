@@ -19,12 +19,12 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.__main__ import follow_supervisor, start_heartbeat
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, Unavailable
 from gateway.logs import configure_logging
 from gateway.settings import WorkerSettings, parse_settings
 from gateway.store import Keys, Store, make_redis
 from gateway.store.moderation import Moderation, ModerationLimits
-from gateway.store.redis import Scripts
+from gateway.store.redis import Scripts, ready
 from worker.janitor import log_ended_bans_forever, trim_forever
 from worker.scheduler import FAULT_ENV, SEND_DEDUPE_S, Scheduler
 
@@ -50,7 +50,8 @@ HELP_OVERRIDES = {
 
 
 async def run(settings: WorkerSettings) -> None:
-    redis = make_redis(settings.redis_url)
+    redis = make_redis(settings.redis_url, cluster=settings.redis_cluster)
+    await _ready(redis)
     keys = Keys(settings.prefix)
     jobs = [
         asyncio.create_task(
@@ -89,6 +90,17 @@ async def run(settings: WorkerSettings) -> None:
     log.info("worker stopped")
 
 
+async def _ready(redis: Redis) -> None:
+    """On a cluster, the slot map before any job runs; until a node answers."""
+    while True:
+        try:
+            await ready(redis)
+            return
+        except Unavailable as exc:
+            log.warning("%s; trying again", exc)
+            await asyncio.sleep(1)
+
+
 def _scheduler(redis: Redis, keys: Keys, settings: WorkerSettings) -> Scheduler:
     # Sends here remember their client ids a day, not the gateways' 5 minutes: a
     # worker taking over a message long after a crash still stores it once.
@@ -96,6 +108,7 @@ def _scheduler(redis: Redis, keys: Keys, settings: WorkerSettings) -> Scheduler:
         redis, keys, message_ttl_s=settings.message_ttl_s,
         history_max_len=settings.history_max_len, idempotency_ttl_s=SEND_DEDUPE_S,
         moderation=ModerationLimits.of(settings, SEND_DEDUPE_S),
+        wait_replicas=settings.redis_wait_replicas,
     )  # fmt: skip
     return Scheduler(
         store,

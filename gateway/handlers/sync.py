@@ -30,7 +30,7 @@ from gateway.protocol import (
     parse_stream_id,
 )
 from gateway.protocol.events import Rid
-from gateway.store import other_user
+from gateway.store import is_room, other_user
 from gateway.store.messages import PAGE
 
 __all__ = ["attach", "login", "poll", "status", "unread"]
@@ -67,6 +67,8 @@ async def attach(
     await conn.begin_sync(name)
     try:
         plan = await _plan(ctx, since)
+        if ctx.store.scripts.sharded:
+            _mark_read(conn.last_sent, plan)
         unread = {r.name: r.count for r in plan if r.count}
         conn.send_event(Welcome(name, new, unread, ctx.gw.name, rid=rid))
         await _replay(ctx, plan, conn.replay_page)
@@ -86,6 +88,18 @@ async def attach(
     for (room, user), shown in zip(waiting, names, strict=True):
         conn.send_event(JoinRequest(room, shown or user))
     log.info("login user=%s new=%s peer=%s", name, new, conn.peer_address)
+
+
+def _mark_read(last_sent: dict[str, tuple[int, int]], plan: list[_Replay]) -> None:
+    """On a cluster the hub reads a direct conversation after what a session has of it
+    (gateway.net.hub): what the login starts from counts as had, so a conversation
+    with nothing unread is not handed over again from its start."""
+    for item in plan:
+        if item.after is not None and not is_room(item.conversation):
+            try:
+                last_sent.setdefault(item.conversation, parse_stream_id(item.after))
+            except ValueError:
+                continue
 
 
 async def unread(ctx: Context) -> dict[str, int]:

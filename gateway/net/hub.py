@@ -17,6 +17,13 @@ every wait for one is bounded.
 
 The hub also batches the "delivered up to" cursors of local users and saves them
 to Redis every ``cursor_flush_s``.
+
+On a Redis Cluster (``cluster`` given) the link is sharded (gateway.net.sharded),
+and a direct message is published after its atomic step rather than in it (its
+users' channels are in other slots than the conversation), so two of them can
+arrive out of order. There an event on a user's channel is taken as word that the
+conversation has news: the hub reads it from the stream after what its sessions
+have, in order, once for every session of that user (coalesced while a read runs).
 """
 
 from __future__ import annotations
@@ -29,9 +36,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from redis.asyncio import Redis
+
 from gateway.aio import stop_tasks
 from gateway.errors import Unavailable
 from gateway.net.pubsub import Subscriber, SubscriberClosed
+from gateway.net.sharded import ShardedSubscriber
 from gateway.protocol import (
     Error,
     Message,
@@ -51,6 +61,7 @@ __all__ = ["Hub"]
 log = logging.getLogger("redchat.hub")
 
 SUBSCRIBE_WAIT_S: Final = 10.0
+CATCH_UP_TRIES: Final = 5  # reads of a direct conversation before its readers reconnect
 RESYNC_MARGIN_MS: Final = 5000  # clocks of gateways and Redis may differ this much
 
 
@@ -75,8 +86,10 @@ class Hub:
         cursor_flush_s: float = 0.5,
         on_reconnect: Callable[[], None] | None = None,
         client_name: str | None = None,
+        cluster: Redis | None = None,
     ) -> None:
         self.client_name = client_name
+        self.cluster = cluster
         self.redis_url = redis_url
         self.keys = keys
         self.store = store
@@ -86,7 +99,7 @@ class Hub:
         general = keys.room_channel(GENERAL)
         self._general = Route(general, None)
         self._routes[general.encode()] = self._general
-        self._sub: Subscriber | None = None
+        self._sub: Subscriber | ShardedSubscriber | None = None
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -94,6 +107,9 @@ class Hub:
         self._cursors_failing = False  # log an outage once, not at every flush
         self._subscribing: set[asyncio.Task[None]] = set()
         self._lost_at_ms = 0
+        # On a cluster: (user channel, conversation) being read -> read again after.
+        self._catching_up: dict[tuple[bytes, str], bool] = {}
+        self._catch_ups: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._tasks = [
@@ -111,7 +127,7 @@ class Hub:
 
     async def stop(self) -> None:
         self._stopping = True
-        await stop_tasks([*self._tasks, *self._subscribing])
+        await stop_tasks([*self._tasks, *self._subscribing, *self._catch_ups])
         await self.flush_cursors()
 
     # -- subscriptions ----------------------------------------------------------
@@ -179,7 +195,7 @@ class Hub:
                 raise Unavailable(f"no subscription within {SUBSCRIBE_WAIT_S:g} s") from None
             raise
 
-    async def _subscribe(self, sub: Subscriber, route: Route) -> None:
+    async def _subscribe(self, sub: Subscriber | ShardedSubscriber, route: Route) -> None:
         """Owned by the hub: a session cancelled while waiting does not cancel it."""
         try:
             await sub.subscribe([route.channel])
@@ -204,7 +220,7 @@ class Hub:
         backoff = 0.1
         connected_before = False
         while not self._stopping:
-            sub = Subscriber(self.redis_url, client_name=self.client_name)
+            sub = self._new_link()
             reader: asyncio.Task[None] | None = None
             try:
                 await sub.connect()
@@ -237,7 +253,12 @@ class Hub:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
-    async def _read(self, sub: Subscriber) -> None:
+    def _new_link(self) -> Subscriber | ShardedSubscriber:
+        if self.cluster is not None:
+            return ShardedSubscriber(self.redis_url, self.cluster, client_name=self.client_name)
+        return Subscriber(self.redis_url, client_name=self.client_name)
+
+    async def _read(self, sub: Subscriber | ShardedSubscriber) -> None:
         while not self._stopping:
             batch = await sub.read_batch()
             for channel, data in batch:
@@ -296,9 +317,68 @@ class Hub:
         except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("dropped a malformed event on %s", channel[:100])
             return
-        conversation = msg.to if route.user is None else dm_conversation(msg.from_, msg.to)
+        if route.user is None:
+            conversation = msg.to
+        else:
+            conversation = dm_conversation(msg.from_, msg.to)
+            if self.cluster is not None:
+                self._catch_up(channel, route, conversation)
+                return
         for session in list(route.sessions):
             session.deliver(conversation, msg)
+
+    # -- on a cluster: direct messages read from their stream, in order -----------------
+    def _catch_up(self, channel: bytes, route: Route, conversation: str) -> None:
+        key = (channel, conversation)
+        if key in self._catching_up:
+            self._catching_up[key] = True  # read again once the read in flight is done
+            return
+        self._catching_up[key] = False
+        task = asyncio.create_task(self._read_direct(key, route, conversation))
+        self._catch_ups.add(task)
+        task.add_done_callback(self._catch_ups.discard)
+
+    async def _read_direct(self, key: tuple[bytes, str], route: Route, conversation: str) -> None:
+        """Hand the route's sessions what the conversation has after what they have.
+        ``deliver`` drops what a session had and holds it for a session still syncing.
+        A session with nothing of it (a conversation new since it logged in; the
+        login's replay marks the others) is handed all of it."""
+        tries = 0
+        try:
+            while True:
+                self._catching_up[key] = False
+                targets = list(route.sessions)
+                if not targets:
+                    return
+                known = [s.last_sent.get(conversation) for s in targets]
+                had = [k for k in known if k is not None]
+                after = format_stream_id(min(had)) if len(had) == len(known) else None
+                try:
+                    while True:
+                        page = await self.store.messages.read_after(
+                            conversation, after, PAGE, replay=False
+                        )
+                        for msg in page:
+                            for session in targets:
+                                session.deliver(conversation, msg)
+                        if len(page) < PAGE:
+                            break
+                        after = page[-1].id
+                except Unavailable as exc:
+                    tries += 1
+                    if tries >= CATCH_UP_TRIES:
+                        log.warning("could not read %s (%s); disconnecting", conversation, exc)
+                        for session in targets:
+                            session.close_with(
+                                Error("unavailable", "lost track of new messages; reconnect")
+                            )
+                        return
+                    self._catching_up[key] = True
+                    await asyncio.sleep(0.2 * tries)
+                if not self._catching_up[key]:
+                    return
+        finally:
+            del self._catching_up[key]
 
     def _push(self, route: Route, obj: dict[str, object]) -> None:
         """An event for a user that is not a message: to each of their local sessions."""

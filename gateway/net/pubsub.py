@@ -144,6 +144,13 @@ class Subscriber:
     (default twice ``keepalive_s``) of silence closes the link; ``confirm_timeout_s``
     bounds a subscribe; ``client_name`` is set with CLIENT SETNAME so CLIENT LIST shows
     whose link this is. Raises ValueError for a bad URL, TLS option or client name.
+
+    ``sharded`` (on a Redis Cluster): SSUBSCRIBE, one command per channel, on the node
+    that owns the channel's slot, ``address`` (host, port) overriding the URL's (its
+    password and TLS options still apply). When that node stops owning a slot (a slot
+    moved, a failover) it drops the subscription with a ``sunsubscribe`` nobody asked
+    for, or refuses with MOVED: either closes the link, since its messages from then
+    on go elsewhere.
     """
 
     def __init__(
@@ -155,8 +162,18 @@ class Subscriber:
         dead_after_s: float | None = None,
         confirm_timeout_s: float = 5.0,
         client_name: str | None = None,
+        sharded: bool = False,
+        address: tuple[str, int] | None = None,
     ) -> None:
         self._params: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+        if address is not None:
+            self._params.pop("path", None)
+            self._params["host"], self._params["port"] = address
+        self._sharded = sharded
+        self._sub_cmd, self._unsub_cmd = (
+            ("SSUBSCRIBE", "SUNSUBSCRIBE") if sharded else ("SUBSCRIBE", "UNSUBSCRIBE")
+        )
+        self._leaving: dict[bytes, int] = {}  # channel -> SUNSUBSCRIBE replies still due
         self._tls = _tls_context(self._params) if url.startswith("rediss://") else None
         if dead_after_s is None:
             dead_after_s = 2 * keepalive_s
@@ -252,7 +269,11 @@ class Subscriber:
         if not names:
             return
         # Written before the waiters are queued: a write that fails leaves no waiter.
-        self._write(_command("SUBSCRIBE", *names))
+        # Channels of different slots cannot share an SSUBSCRIBE: one each.
+        if self._sharded:
+            self._write(b"".join(_command(self._sub_cmd, name) for name in names))
+        else:
+            self._write(_command(self._sub_cmd, *names))
         waits = self._confirmations.expect(names)
         deadline = asyncio.timeout(self._confirm_timeout_s)
         try:
@@ -276,8 +297,14 @@ class Subscriber:
         """Fire and forget: read_batch drops Redis's ``unsubscribe`` replies, which can
         never be taken for a ``subscribe`` confirmation."""
         names = [c.encode() for c in channels]
-        if names:
-            self._write(_command("UNSUBSCRIBE", *names))
+        if not names:
+            return
+        if self._sharded:
+            self._write(b"".join(_command(self._unsub_cmd, name) for name in names))
+            for name in names:
+                self._leaving[name] = self._leaving.get(name, 0) + 1
+        else:
+            self._write(_command(self._unsub_cmd, *names))
 
     def _write(self, data: bytes) -> None:
         if self._closed is not None:
@@ -339,11 +366,23 @@ class Subscriber:
                 raise self._abort(f"Redis refused: {reply}")
             if isinstance(reply, list) and len(reply) == 3:
                 kind = reply[0]
-                if kind == b"message":
+                if kind in (b"message", b"smessage"):
                     batch.append((reply[1], reply[2]))
-                elif kind == b"subscribe":
+                elif kind in (b"subscribe", b"ssubscribe"):
                     self._confirmations.confirmed(reply[1])
+                elif kind == b"sunsubscribe":
+                    self._left(reply[1])
         return batch
+
+    def _left(self, name: bytes) -> None:
+        due = self._leaving.get(name, 0)
+        if due > 1:
+            self._leaving[name] = due - 1
+        elif due == 1:
+            del self._leaving[name]
+        else:
+            # Not asked for: the node gave the channel's slot away.
+            raise self._abort(f"Redis dropped the subscription to {name[:100]!r} (slot moved)")
 
     def _fail(self, reason: str) -> SubscriberClosed:
         """The link is down: a subscribe still waiting for its confirmation fails too

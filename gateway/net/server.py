@@ -26,6 +26,7 @@ from gateway.net.session import Session
 from gateway.protocol import Notice
 from gateway.settings import GatewaySettings
 from gateway.store import FileLimits, Keys, LoginLimits, ModerationLimits, Store, make_redis
+from gateway.store.redis import ready
 
 __all__ = ["Gateway"]
 
@@ -42,7 +43,9 @@ class Gateway:
         self.keys = Keys(settings.prefix)
         # CLIENT SETNAME takes visible ASCII only; --name may be anything.
         tag = re.sub(r"[^\x21-\x7e]", "_", self.name)
-        self.redis = make_redis(redis_url, client_name=f"redchat:gateway:{tag}")
+        self.redis = make_redis(
+            redis_url, client_name=f"redchat:gateway:{tag}", cluster=settings.redis_cluster
+        )
         self.store = Store(
             self.redis,
             self.keys,
@@ -61,6 +64,7 @@ class Gateway:
             moderation=ModerationLimits.of(settings, settings.idempotency_ttl_s),
             token_ttl_s=settings.token_ttl_s,
             file_limits=FileLimits.of(settings, settings.max_file_bytes),
+            wait_replicas=settings.redis_wait_replicas,
         )
         self.hub = Hub(
             redis_url,
@@ -69,6 +73,7 @@ class Gateway:
             cursor_flush_s=settings.cursor_flush_s,
             on_reconnect=self._reconnected,
             client_name=f"redchat:hub:{tag}",
+            cluster=self.redis if settings.redis_cluster else None,
         )
         self.sessions: set[Session] = set()
         self.flusher = Flusher(settings.write_coalesce_s)
@@ -86,6 +91,10 @@ class Gateway:
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
+        try:
+            await ready(self.redis)
+        except Unavailable as exc:
+            log.warning("%s", exc)  # the hub keeps trying to read the slot map
         await self.hub.start()
         if not await self.hub.wait_ready(10):
             log.warning("Redis is not reachable yet; clients get 'unavailable' until it is")

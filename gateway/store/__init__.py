@@ -79,6 +79,7 @@ class Store:
         moderation: ModerationLimits | None = None,
         token_ttl_s: int = 86_400,
         file_limits: FileLimits | None = None,
+        wait_replicas: int = 0,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -91,6 +92,7 @@ class Store:
             message_ttl_s=message_ttl_s,
             history_max_len=history_max_len,
             idempotency_ttl_s=idempotency_ttl_s,
+            wait_replicas=wait_replicas,
         )
         self.cursors = Cursors(redis, keys, self.scripts, message_ttl_s)
         self.presence = Presence(redis, keys)

@@ -13,13 +13,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["GENERAL", "Keys", "dm_conversation", "is_room"]
+__all__ = ["GENERAL", "Keys", "dm_conversation", "hash_tag", "is_room"]
 
 GENERAL = "#general"
 
 
 def is_room(conversation: str) -> bool:
     return conversation.startswith("#")
+
+
+def hash_tag(name: str) -> str:
+    """What Redis Cluster hashes to place ``name``: the text inside its first ``{...}``
+    when that is not empty, else the whole name. Equal tags share a slot."""
+    start = name.find("{")
+    if start >= 0:
+        end = name.find("}", start + 1)
+        if end > start + 1:
+            return name[start + 1 : end]
+    return name
 
 
 def dm_conversation(a: str, b: str) -> str:

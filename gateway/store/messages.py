@@ -34,7 +34,7 @@ from gateway.protocol.events import (
     message_json_tail,
 )
 from gateway.protocol.values import MAX_STREAM_ID, format_stream_id, parse_stream_id
-from gateway.store.keys import Keys
+from gateway.store.keys import Keys, hash_tag
 from gateway.store.redis import REDIS_DOWN, Scripts, boundary
 from gateway.store.time import now_ms
 
@@ -45,6 +45,7 @@ log = logging.getLogger("redchat.store")
 # A retry comes within the 5-minute idempotency window: its entry, if written, is recent.
 _RETRY_LOG_LOOKBACK: Final = 200
 _CACHE_MAX: Final = 100_000
+WAIT_REPLICAS_MS: Final = 2000  # longest a send waits for its replicas (--redis-wait-replicas)
 PAGE: Final = 200  # entries per read: no single command's cost grows with history
 LEGACY_COUNT_CAP: Final = 1000  # entries written before ``n`` existed are counted up to this
 
@@ -110,6 +111,10 @@ class _PendingSend:
     log_fields: dict[str, str]
     touch: tuple[str, str, str] | None  # (sender's list, recipient's list, conversation)
     future: asyncio.Future[tuple[int, str]]
+    # On a cluster: the channels outside the conversation's slot (a direct message's
+    # users), published after the step, and the event's JSON after its id and time.
+    crossing: tuple[str, ...] = ()
+    tail: str = ""
 
 
 @boundary
@@ -123,10 +128,13 @@ class Messages:
         message_ttl_s: int = 3600,
         history_max_len: int = 100_000,
         idempotency_ttl_s: int = 300,
+        wait_replicas: int = 0,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.scripts = scripts
+        self.wait_replicas = wait_replicas
+        self.wait_replicas_ms = WAIT_REPLICAS_MS
         self.message_ttl_s = message_ttl_s
         self.history_max_len = history_max_len
         self.idempotency_ttl_s = idempotency_ttl_s
@@ -192,6 +200,14 @@ class Messages:
         k = self.keys
         stream = k.stream(conversation)
         stored_file = file_json(file) if file is not None else ""
+        in_step, crossing = list(channels), tuple[str, ...]()
+        if self.scripts.sharded:
+            # A script may publish only on its own slot's channels: a room's, not the
+            # two users' of a direct message, which are published right after it.
+            tag = hash_tag(stream)
+            in_step = [c for c in channels if hash_tag(c) == tag]
+            crossing = tuple(c for c in channels if hash_tag(c) != tag)
+        tail = message_json_tail(sender, to, text, reply_to, quote, scheduled, file)
         args: list[Any] = [
             sender,
             to,
@@ -201,14 +217,14 @@ class Messages:
             "1" if cid else "0",
             self.min_id() if self.message_ttl_s else "",
             self.history_max_len,
-            message_json_tail(sender, to, text, reply_to, quote, scheduled, file),
+            tail,
             (member or "").lower(),
             self.message_ttl_s * 1000,
             quote.from_ if quote else "",
             quote.text if quote else "",
             "1" if scheduled else "",
             stored_file,
-            *channels,
+            *in_step,
         ]
         log_fields = {"id": "", "to": to, "text": text}
         if reply_to:
@@ -232,6 +248,8 @@ class Messages:
             log_fields=log_fields,
             touch=touch,
             future=asyncio.get_running_loop().create_future(),
+            crossing=crossing,
+            tail=tail,
         )
         self._sends.append(pending)
         if not self._flush_scheduled:
@@ -265,13 +283,23 @@ class Messages:
         results: list[Any] | None = None
         failure: BaseException | None = None
         try:
-            results = await self._run_send_scripts(batch)
+            results, unconfirmed = await self._run_send_scripts(batch)
             try:
-                await self._write_logs(batch, results)
+                await self._after_step(batch, results)
             except REDIS_DOWN as exc:
                 # The messages are stored (that is what an ack promises); only the
-                # senders' own logs miss them.
-                log.warning("stored %d message(s) but could not log them: %s", len(batch), exc)
+                # senders' own logs miss them (and, on a cluster, the live delivery of
+                # direct messages: their readers' gateways re-read once their link
+                # to that shard is back).
+                log.warning(
+                    "stored %d message(s) but could not log or publish them: %s", len(batch), exc
+                )
+            for i, confirmed in unconfirmed.items():
+                if not isinstance(results[i], Exception):
+                    results[i] = Unavailable(
+                        f"the message is stored but {confirmed} of {self.wait_replicas}"
+                        " replicas confirmed it; send it again with the same cid"
+                    )
         except BaseException as exc:
             failure = exc
             if not isinstance(exc, Exception):
@@ -297,7 +325,10 @@ class Messages:
             else:
                 fut.set_result((int(result[0]), str(result[1])))
 
-    async def _write_logs(self, batch: list[_PendingSend], results: list[Any]) -> None:
+    async def _after_step(self, batch: list[_PendingSend], results: list[Any]) -> None:
+        """One round trip: the senders' logs and, on a cluster, the publishes that
+        cross slots. A retry (status 0) is published again: its first attempt may have
+        died between its step and this, and readers drop what they already have."""
         new = [
             (item, str(r[1]))
             for item, r in zip(batch, results, strict=True)
@@ -308,13 +339,18 @@ class Messages:
             for item, r in zip(batch, results, strict=True)
             if not isinstance(r, Exception) and r[0] == 0
         ]
+        publish = [(item, sid) for item, sid in new + retried if item.crossing]
         if retried:
             # A retry of a stored message: its first attempt may have died before
             # logging it (the rare path, so the look costs nothing on the common one).
             new += await self._not_logged(retried)
-        if not new:
+        if not new and not publish:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
+            for item, sid in publish:
+                payload = f'{{"type":"message","id":"{sid}","ts":{sid.partition("-")[0]}{item.tail}'
+                for channel in item.crossing:
+                    self.scripts.publish(pipe, channel, payload)
             for item, sid in new:
                 # Capped here; trimmed by lifetime by the worker (reads filter it anyway).
                 pipe.xadd(
@@ -338,9 +374,14 @@ class Messages:
             if all(fields.get("id") != sid for _, fields in entries or [])
         ]
 
-    async def _run_send_scripts(self, batch: list[_PendingSend]) -> list[Any]:
-        """The send script for each item (its list updates first); a result or an error each."""
+    async def _run_send_scripts(
+        self, batch: list[_PendingSend]
+    ) -> tuple[list[Any], dict[int, int]]:
+        """The send script for each item (its list updates first): a result or an error
+        each; and, with ``wait_replicas``, the items whose replicas did not all confirm
+        them (index -> how many did)."""
         now = now_ms()
+        waits = self._waits(batch)
 
         def fill(pipe: Pipeline) -> None:
             for item in batch:
@@ -349,20 +390,47 @@ class Messages:
                     pipe.zadd(own, {conversation: now}, gt=True)
                     pipe.zadd(other, {conversation: now}, gt=True)
                 self.scripts.queue(pipe, "send", item.keys, item.args)
+            # WAIT counts the replicas that have this connection's writes so far, so it
+            # follows the scripts on the connection to their node.
+            for node, _ in waits:
+                target = {} if node is None else {"target_nodes": node}
+                pipe.execute_command("WAIT", self.wait_replicas, self.wait_replicas_ms, **target)
 
         raw = await self.scripts.run_pipeline(fill, ("send",))
         kinds = [k for item in batch for k in (["zadd", "zadd"] if item.touch else []) + ["send"]]
-        results = [r for r, kind in zip(raw, kinds, strict=True) if kind == "send"]
+        results = [r for r, kind in zip(raw[: len(kinds)], kinds, strict=True) if kind == "send"]
+        unconfirmed: dict[int, int] = {}
+        for (_, indexes), got in zip(waits, raw[len(kinds) :], strict=True):
+            confirmed = 0 if isinstance(got, Exception) else int(got)
+            if confirmed < self.wait_replicas:
+                unconfirmed.update((i, confirmed) for i in indexes)
         for item in batch:
             if item.touch is not None:
                 if len(self._touched) >= _CACHE_MAX:
                     self._touched.clear()
                 self._touched[item.touch[2]] = now
-        return results
+        return results, unconfirmed
+
+    def _waits(self, batch: list[_PendingSend]) -> list[tuple[Any, list[int]]]:
+        """One WAIT per node the batch writes to (None: the one Redis), with the
+        indexes of its items."""
+        if not self.wait_replicas:
+            return []
+        if not self.scripts.sharded:
+            return [(None, list(range(len(batch))))]
+        nodes: dict[str, tuple[Any, list[int]]] = {}
+        cluster: Any = self.redis  # a RedisCluster (typed as Redis, see make_cluster)
+        for i, item in enumerate(batch):
+            node = cluster.get_node_from_key(item.keys[0])
+            nodes.setdefault(node.name, (node, []))[1].append(i)
+        return list(nodes.values())
 
     # -- reading ------------------------------------------------------------------
-    async def read_after(self, conversation: str, after: str | None, count: int) -> list[Message]:
-        """Up to ``count`` (at most a page) live messages after ``after``, oldest first."""
+    async def read_after(
+        self, conversation: str, after: str | None, count: int, *, replay: bool = True
+    ) -> list[Message]:
+        """Up to ``count`` (at most a page) live messages after ``after``, oldest first;
+        marked as replayed unless ``replay`` is False (read to be delivered as new)."""
         start = self._start_after(after)
         if start is None:
             return []
@@ -371,7 +439,7 @@ class Messages:
                 self.keys.stream(conversation), min=start, max="+", count=min(count, PAGE)
             )
         )
-        return [entry_to_message(e, replay=True) for e in entries]
+        return [entry_to_message(e, replay=replay) for e in entries]
 
     async def read_last(
         self, conversation: str, count: int, before: str | None = None

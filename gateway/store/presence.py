@@ -23,14 +23,16 @@ class Presence:
     async def heartbeat(self, gateway: str, users: Mapping[str, int] | None, ttl_s: float) -> None:
         """Mark the gateway alive; with ``users`` also rewrite its list of who is on it."""
         key = self.keys.presence(gateway)
+        # The list is rewritten in one MULTI, so a reader never sees it empty; the
+        # index of gateways is another key (another slot on a cluster), written after.
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(self.keys.gateways, {gateway: now_ms()})
             if users is not None:
                 pipe.delete(key)
                 if users:
                     pipe.hset(key, mapping=dict[Any, Any](users))
             pipe.expire(key, max(1, int(ttl_s)))
             await pipe.execute()
+        await self.redis.zadd(self.keys.gateways, {gateway: now_ms()})
 
     async def update(self, gateway: str, counts: Mapping[str, int]) -> None:
         """Set how many connections each named user has on a gateway (0 removes them)."""
@@ -47,7 +49,7 @@ class Presence:
             await pipe.execute()
 
     async def gateway_gone(self, gateway: str) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
+        async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrem(self.keys.gateways, gateway)
             pipe.delete(self.keys.presence(gateway))
             await pipe.execute()

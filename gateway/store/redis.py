@@ -14,24 +14,41 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
-from typing import Any, Final, ParamSpec, TypeVar
+from typing import Any, Final, ParamSpec, TypeVar, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.connection import HiredisRespSerializer
+from redis.exceptions import ClusterError, NoScriptError, ReadOnlyError, RedisClusterException
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import Unavailable
 
-__all__ = ["REDIS_DOWN", "ScriptBatch", "Scripts", "boundary", "make_redis"]
+__all__ = [
+    "REDIS_DOWN",
+    "ScriptBatch",
+    "Scripts",
+    "boundary",
+    "is_cluster",
+    "make_redis",
+    "publish_command",
+]
 
 # What Redis being unreachable looks like from redis-py (a failover replica
 # refusing writes included). OSError covers the socket layer under it.
-REDIS_DOWN: Final = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+REDIS_DOWN: Final = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+    OSError,
+    # A cluster without a primary for some slot, or none reachable (a failover).
+    ClusterError,
+    RedisClusterException,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -48,7 +65,9 @@ class _HiredisPacking:
         return self._packer.pack(*args)  # type: ignore[no-any-return]
 
 
-def make_redis(url: str, client_name: str | None = None, max_connections: int = 64) -> Redis:
+def make_redis(
+    url: str, client_name: str | None = None, max_connections: int = 64, *, cluster: bool = False
+) -> Redis:
     """The client of a gateway or worker.
 
     - Fails fast: during an outage a command errors at once instead of hanging.
@@ -59,7 +78,10 @@ def make_redis(url: str, client_name: str | None = None, max_connections: int = 
       run. Sends are safe to retry: a send with a ``cid`` is deduplicated, and a
       send's connection was just PINGed or just used.
     - ``client_name`` shows in CLIENT LIST, so an operator sees which process is which.
+    - ``cluster``: ``url`` names one node of a Redis Cluster (see ``make_cluster``).
     """
+    if cluster:
+        return make_cluster(url, client_name, max_connections)
     pool = BlockingConnectionPool.from_url(
         url,
         decode_responses=True,
@@ -74,6 +96,52 @@ def make_redis(url: str, client_name: str | None = None, max_connections: int = 
     base = pool.connection_class
     pool.connection_class = type(base.__name__, (_HiredisPacking, base), {})
     return Redis(connection_pool=pool)
+
+
+def make_cluster(url: str, client_name: str | None, max_connections: int) -> Redis:
+    """A Redis Cluster client: redis-py's, which discovers the nodes from the one in
+    ``url``, follows MOVED and ASK, and finds the new primary after a failover
+    (refreshing the slot map after a connection error). The same timeouts as a
+    single Redis; ``max_connections`` per node.
+
+    Typed as ``Redis``: it offers the same commands, so the store is one code path.
+    What differs (sharded pub/sub, WAIT on the node that has the key) asks
+    ``is_cluster``.
+    """
+    client = RedisCluster.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        max_connections=max_connections,
+        client_name=client_name,
+        # Each retry after a connection error first refreshes the slot map, so a
+        # failover (a few seconds) is ridden out within one command's attempts.
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+    )
+    return cast(Redis, client)
+
+
+def is_cluster(redis: Redis) -> bool:
+    return isinstance(redis, RedisCluster)
+
+
+async def ready(redis: Redis) -> None:
+    """Read a cluster's slot map before the client is first used: redis-py's cluster
+    client fails commands that race its own first look. Nothing on a single Redis.
+    Raises ``Unavailable`` when no node answers."""
+    if not is_cluster(redis):
+        return
+    try:
+        await cast(RedisCluster, redis).initialize()
+    except REDIS_DOWN as exc:
+        raise _unavailable(exc) from exc
+
+
+def publish_command(redis: Redis) -> str:
+    """PUBLISH; on a cluster SPUBLISH, which goes only to the shard that owns the
+    channel's slot (PUBLISH would go to every node)."""
+    return "SPUBLISH" if is_cluster(redis) else "PUBLISH"
 
 
 def _unavailable(exc: BaseException) -> Unavailable:
@@ -129,8 +197,23 @@ class Scripts:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._source = {name: load_lua(name) for name in self.NAMES}
+        # On a cluster, events go by sharded pub/sub: a script publishes with SPUBLISH
+        # on a channel of its own keys' slot (Redis refuses any other).
+        self.sharded = is_cluster(redis)
+        self.publish_command = publish_command(redis)
+        self._source = {name: self._load(name) for name in self.NAMES}
         self._sha = {name: redis.register_script(src).sha for name, src in self._source.items()}
+
+    def _load(self, name: str) -> str:
+        source = load_lua(name)
+        if self.sharded:
+            source = source.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
+        return source
+
+    def publish(self, pipe: Pipeline | Redis, channel: str, payload: str) -> Any:
+        """Queue (or, on a client, send) one event outside a script: PUBLISH, or
+        SPUBLISH on a cluster (routed to the node that owns the channel's slot)."""
+        return pipe.execute_command(self.publish_command, channel, payload)
 
     async def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         for attempt in range(2):
@@ -143,7 +226,9 @@ class Scripts:
         raise AssertionError("unreachable")
 
     def queue(self, pipe: Pipeline, name: str, keys: Sequence[str], args: Sequence[Any]) -> None:
-        pipe.evalsha(self._sha[name], len(keys), *keys, *args)
+        # As a plain command: redis-py's cluster pipeline refuses its evalsha method,
+        # yet routes EVALSHA by its keys like any keyed command.
+        pipe.execute_command("EVALSHA", self._sha[name], len(keys), *keys, *args)
 
     async def run_pipeline(
         self, fill: Callable[[Pipeline], None], names: Sequence[str] = NAMES

@@ -198,7 +198,9 @@ class Rooms:
             await pipe.execute()
 
     def _push(self, pipe: Pipeline, user: str, event: dict[str, Any]) -> None:
-        pipe.publish(self.keys.user_channel(user), json.dumps(event, separators=(",", ":")))
+        self.scripts.publish(
+            pipe, self.keys.user_channel(user), json.dumps(event, separators=(",", ":"))
+        )
 
     async def new_link(self, room: str) -> str:
         """A fresh invite token for the room; the previous one stops working."""

@@ -19,7 +19,7 @@ from typing import Final
 from redis.asyncio import Redis
 
 from gateway.store.keys import Keys
-from gateway.store.redis import boundary
+from gateway.store.redis import boundary, publish_command
 from gateway.store.time import now_ms
 
 __all__ = ["LINK_TTL_S", "MAX_TOKENS_PER_USER", "Tokens", "digest_of"]
@@ -113,5 +113,9 @@ class Tokens:
             for digest in digests:
                 pipe.delete(self.keys.token(digest))
                 event["token"] = digest[:16]
-                pipe.publish(self.keys.user_channel(user), json.dumps(event, separators=(",", ":")))
+                pipe.execute_command(
+                    publish_command(self.redis),
+                    self.keys.user_channel(user),
+                    json.dumps(event, separators=(",", ":")),
+                )
             await pipe.execute()

@@ -10,7 +10,17 @@ import pytest
 import redis.asyncio as aioredis
 
 from client.connection import ChatError, Connection
-from tests.support import Deployment, RedisServer, TextClient, running
+from gateway.store import make_redis
+from tests.support import (
+    ON_REDIS_AND_CLUSTER,
+    Deployment,
+    RedisClusterServer,
+    RedisServer,
+    TextClient,
+    running,
+)
+
+pytestmark = ON_REDIS_AND_CLUSTER
 
 
 async def redis_for(dep: Deployment) -> aioredis.Redis:
@@ -90,11 +100,26 @@ async def test_messages_cross_gateways_through_redis(deployment: Deployment) -> 
 async def test_each_gateway_subscribes_once_per_channel(deployment: Deployment) -> None:
     for i in range(8):
         await deployment.login(f"user{i}")
-    r = await redis_for(deployment)
     general = f"{deployment.prefix}:{{c:#general}}:events"
-    [(_, subscribers)] = await r.pubsub_numsub(general)
+    if isinstance(deployment.redis, RedisClusterServer):
+        # Sharded: counted on the node that owns the channel's slot.
+        cluster = make_redis(deployment.redis.url, cluster=True)
+        await cluster.initialize()  # type: ignore[attr-defined]
+        node = cluster.get_node_from_key(general)  # type: ignore[attr-defined]
+        try:
+            reply = await cluster.execute_command(
+                "PUBSUB", "SHARDNUMSUB", general, target_nodes=node
+            )
+        finally:
+            await cluster.aclose()
+        subscribers = dict(zip(reply[::2], reply[1::2], strict=True))[general]
+    else:
+        r = await redis_for(deployment)
+        try:
+            [(_, subscribers)] = await r.pubsub_numsub(general)
+        finally:
+            await r.aclose()
     assert subscribers == 2  # two gateway processes, however many clients
-    await r.aclose()
 
 
 async def test_private_message_to_offline_user_waits_for_login(deployment: Deployment) -> None:

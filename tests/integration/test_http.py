@@ -46,7 +46,7 @@ from tests.httpkit import (
     parse_answer,
     request,
 )  # fmt: skip
-from tests.support import Deployment, RedisServer, TextClient, next_of, running
+from tests.support import Deployment, RedisServer, TextClient, next_of, running, wait_for
 
 GENERAL: Final = "#general"
 MAX_BODY: Final = 16_384  # --max-line-bytes, the JSON body limit (default)
@@ -385,6 +385,9 @@ def tracebacks(logs: str) -> list[str]:
 
 def assert_logged(dep: Deployment, method: str, path: str, status: int, user: str) -> None:
     line = f"http {method} {path} {status} user={user} "
+    # A request is logged once answered: the line may land just after the answer.
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: line in dep.logs(), 5, "the log line")
     assert line in dep.logs(), f"{line!r} not in the gateway logs:\n{dep.logs()[-3000:]}"
 
 

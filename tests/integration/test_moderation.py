@@ -16,26 +16,30 @@ import redis.asyncio as aioredis
 
 from client.connection import ChatError, Connection
 from tests.support import (
+    ON_REDIS_AND_CLUSTER,
+    AnyRedis,
     Deployment,
-    RedisServer,
     chat_error,
     doc_recipes,
     next_of,
+    redis_client,
     running,
     start_worker,
     wait_for,
 )
 
+pytestmark = ON_REDIS_AND_CLUSTER
+
 
 def _moderation(
-    redis_server: RedisServer, tmp_path: Path, *, limit: int = 0, window: int = 3600,
+    chat_redis: AnyRedis, tmp_path: Path, *, limit: int = 0, window: int = 3600,
     threshold: int = 3, ban_s: int = 14400, gateways: int = 2,
 ) -> Deployment:  # fmt: skip
     extra = [
         "--rate-limit", str(limit), "--rate-window", str(window),
         "--report-threshold", str(threshold), "--ban-s", str(ban_s),
     ]  # fmt: skip
-    return Deployment(redis_server, tmp_path, gateways=gateways, extra=extra)
+    return Deployment(chat_redis, tmp_path, gateways=gateways, extra=extra)
 
 
 async def _history_from(conn: Connection, user: str) -> list[dict[str, Any]]:
@@ -43,8 +47,8 @@ async def _history_from(conn: Connection, user: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+async def redis(chat_redis: AnyRedis) -> AsyncIterator[aioredis.Redis]:
+    client = await redis_client(chat_redis)
     yield client
     await client.aclose()
 
@@ -53,11 +57,11 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
 
 
 async def test_racing_sends_of_one_user_stop_exactly_at_the_limit(
-    redis_server: RedisServer, tmp_path: Path
+    chat_redis: AnyRedis, tmp_path: Path
 ) -> None:
     """30 sends racing from 3 clients on 2 gateways, limit 20: exactly 20 acks, 20 stored;
     the count survives reconnecting; the window's end restores sending."""
-    dep = _moderation(redis_server, tmp_path, limit=20, window=4)
+    dep = _moderation(chat_redis, tmp_path, limit=20, window=4)
     async with running(dep):
         clients = [
             await dep.connect_on("gw1", "rat"),
@@ -102,8 +106,8 @@ async def test_racing_sends_of_one_user_stop_exactly_at_the_limit(
         assert len(await _history_from(reader, "rat")) == 21
 
 
-async def test_a_refused_send_uses_no_quota(redis_server: RedisServer, tmp_path: Path) -> None:
-    dep = _moderation(redis_server, tmp_path, limit=2, window=60, gateways=1)
+async def test_a_refused_send_uses_no_quota(chat_redis: AnyRedis, tmp_path: Path) -> None:
+    dep = _moderation(chat_redis, tmp_path, limit=2, window=60, gateways=1)
     async with running(dep):
         conn = await dep.login("ref")
         for _ in range(3):
@@ -115,8 +119,8 @@ async def test_a_refused_send_uses_no_quota(redis_server: RedisServer, tmp_path:
         assert (await chat_error(conn.send("#general", "three"))).code == "rate_limited"
 
 
-async def test_the_limit_can_be_turned_off(redis_server: RedisServer, tmp_path: Path) -> None:
-    dep = _moderation(redis_server, tmp_path, limit=0, gateways=1)
+async def test_the_limit_can_be_turned_off(chat_redis: AnyRedis, tmp_path: Path) -> None:
+    dep = _moderation(chat_redis, tmp_path, limit=0, gateways=1)
     async with running(dep):
         conn = await dep.login("free")
         for i in range(30):
@@ -128,11 +132,11 @@ async def test_the_limit_can_be_turned_off(redis_server: RedisServer, tmp_path: 
 
 
 async def test_three_reports_ban_on_every_gateway_until_the_ban_ends(
-    redis_server: RedisServer, tmp_path: Path, redis: aioredis.Redis
+    chat_redis: AnyRedis, tmp_path: Path, redis: aioredis.Redis
 ) -> None:
-    dep = _moderation(redis_server, tmp_path, limit=50, threshold=3, ban_s=4)
+    dep = _moderation(chat_redis, tmp_path, limit=50, threshold=3, ban_s=4)
     async with running(dep):
-        worker = start_worker(redis_server.url, dep.prefix, tmp_path)
+        worker = start_worker(chat_redis, dep.prefix, tmp_path)
         try:
             await _reports_and_ban(dep, redis, tmp_path / "worker.log")
         finally:
@@ -207,9 +211,9 @@ async def _reports_and_ban(dep: Deployment, redis: aioredis.Redis, worker_log: P
 
 
 async def test_reports_racing_at_the_threshold_give_one_ban(
-    redis_server: RedisServer, tmp_path: Path
+    chat_redis: AnyRedis, tmp_path: Path
 ) -> None:
-    dep = _moderation(redis_server, tmp_path, threshold=3)
+    dep = _moderation(chat_redis, tmp_path, threshold=3)
     async with running(dep):
         target = await dep.login("victim")
         reporters = [await dep.login(f"rr{i}") for i in range(8)]
@@ -241,10 +245,10 @@ async def _run(redis: aioredis.Redis, prefix: str, recipes: dict[str, list[str]]
 
 
 async def test_the_documented_redis_cli_lines_do_what_the_doc_says(
-    redis_server: RedisServer, tmp_path: Path, redis: aioredis.Redis
+    chat_redis: AnyRedis, tmp_path: Path, redis: aioredis.Redis
 ) -> None:
     recipes = doc_recipes("## Moderation with redis-cli")
-    dep = _moderation(redis_server, tmp_path, limit=2, window=600, threshold=2, gateways=1)
+    dep = _moderation(chat_redis, tmp_path, limit=2, window=600, threshold=2, gateways=1)
     async with running(dep):
         p = dep.prefix
         bob = await dep.login("bob")

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 
 from client.connection import Connection
-from tests.support import Deployment, chat_error, next_of
+from tests.support import ON_REDIS_AND_CLUSTER, Deployment, chat_error, next_of
+
+pytestmark = ON_REDIS_AND_CLUSTER
 
 
 async def _texts(conn: Connection, count: int, room: str) -> list[str]:

@@ -23,7 +23,20 @@ import pytest
 import redis.asyncio as aioredis
 
 from client.connection import ChatError, Connection
-from tests.support import ROOT, Deployment, RedisServer, doc_recipes, running, wait_for
+from tests.support import (
+    ON_REDIS_AND_CLUSTER,
+    ROOT,
+    AnyRedis,
+    Deployment,
+    RedisClusterServer,
+    RedisServer,
+    doc_recipes,
+    redis_client,
+    running,
+    wait_for,
+)
+
+pytestmark = ON_REDIS_AND_CLUSTER
 
 WORKER_ARGS = ("--rate-limit", "0", "--trim-interval-s", "60")
 
@@ -45,12 +58,16 @@ class Workers:
         with open(path, "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "worker", "--redis", self.dep.redis.url,
-                 "--prefix", self.dep.prefix, *WORKER_ARGS, *extra],
+                 "--prefix", self.dep.prefix, *WORKER_ARGS, *self.cluster_flag, *extra],
                 cwd=ROOT, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
             )  # fmt: skip
         self.procs[name] = proc
         wait_for(lambda: self.log(name).count("worker running") > seen, 15, f"worker {name}")
         return proc
+
+    @property
+    def cluster_flag(self) -> list[str]:
+        return ["--redis-cluster"] if isinstance(self.dep.redis, RedisClusterServer) else []
 
     def log_path(self, name: str) -> Path:
         return self.tmp / f"{name}.log"
@@ -79,9 +96,12 @@ class Workers:
 
 @contextlib.asynccontextmanager
 async def deployment(
-    redis_server: RedisServer, tmp: Path, gateways: int = 1, extra: list[str] | None = None
+    chat_redis: AnyRedis,
+    tmp: Path,
+    gateways: int = 1,
+    extra: list[str] | None = None,
 ) -> AsyncIterator[tuple[Deployment, Workers]]:
-    dep = Deployment(redis_server, tmp, gateways=gateways, extra=extra)
+    dep = Deployment(chat_redis, tmp, gateways=gateways, extra=extra)
     async with running(dep):
         workers = Workers(dep, tmp)
         try:
@@ -133,9 +153,9 @@ def _now_ms() -> int:
 
 
 async def test_a_scheduled_message_arrives_on_time_on_both_gateways(
-    redis_server: RedisServer, tmp_path: Path
+    chat_redis: AnyRedis, tmp_path: Path
 ) -> None:
-    async with deployment(redis_server, tmp_path, gateways=2) as (dep, workers):
+    async with deployment(chat_redis, tmp_path, gateways=2) as (dep, workers):
         workers.start("w1")
         alice = [await dep.connect_on("gw1", "alice"), await dep.connect_on("gw2", "alice")]
         bob = await dep.connect_on("gw2", "bob")
@@ -192,10 +212,10 @@ async def test_a_scheduled_message_arrives_on_time_on_both_gateways(
 
 
 async def test_cancel_in_time_and_what_cannot_be_cancelled(
-    redis_server: RedisServer, tmp_path: Path
+    chat_redis: AnyRedis, tmp_path: Path
 ) -> None:
     extra = ["--schedule-max", "3", "--schedule-max-ahead", "3600"]
-    async with deployment(redis_server, tmp_path, extra=extra) as (dep, workers):
+    async with deployment(chat_redis, tmp_path, extra=extra) as (dep, workers):
         workers.start("w1")
         alice, other, bob = (
             await dep.login("alice"),
@@ -239,9 +259,9 @@ async def test_cancel_in_time_and_what_cannot_be_cancelled(
 
 
 async def test_three_workers_send_200_messages_due_in_one_second_once_each(
-    redis_server: RedisServer, tmp_path: Path
+    chat_redis: AnyRedis, tmp_path: Path
 ) -> None:
-    async with deployment(redis_server, tmp_path) as (dep, workers):
+    async with deployment(chat_redis, tmp_path) as (dep, workers):
         for name in ("w1", "w2", "w3"):
             workers.start(name)
         reader = await dep.login("reader")
@@ -271,9 +291,9 @@ async def test_three_workers_send_200_messages_due_in_one_second_once_each(
 
 
 async def test_a_worker_killed_after_sending_is_taken_over_without_a_copy(
-    redis_server: RedisServer, tmp_path: Path
+    chat_redis: AnyRedis, tmp_path: Path
 ) -> None:
-    async with deployment(redis_server, tmp_path) as (dep, workers):
+    async with deployment(chat_redis, tmp_path) as (dep, workers):
         doomed = workers.start("doomed", "--schedule-lease-s", "1", fault="after_send")
         alice, bob = await dep.login("alice"), await dep.login("bob")
         job = await alice.request("schedule", to="bob", text="exactly once", **{"in": 0.5})
@@ -294,9 +314,9 @@ async def test_a_worker_killed_after_sending_is_taken_over_without_a_copy(
 
 
 async def test_a_ban_during_the_wait_stops_the_send_and_tells_the_author(
-    redis_server: RedisServer, tmp_path: Path
+    chat_redis: AnyRedis, tmp_path: Path
 ) -> None:
-    async with deployment(redis_server, tmp_path, extra=["--report-threshold", "1"]) as (
+    async with deployment(chat_redis, tmp_path, extra=["--report-threshold", "1"]) as (
         dep, workers,
     ):  # fmt: skip
         workers.start("w1")
@@ -356,10 +376,10 @@ async def test_pending_messages_survive_a_restart_of_redis_and_of_every_worker(
 
 
 async def test_the_documented_redis_cli_lines_do_what_the_doc_says(
-    redis_server: RedisServer, tmp_path: Path
+    chat_redis: AnyRedis, tmp_path: Path
 ) -> None:
     recipes = doc_recipes("## Scheduled messages with redis-cli")
-    async with deployment(redis_server, tmp_path) as (dep, _), _redis(dep) as r:
+    async with deployment(chat_redis, tmp_path) as (dep, _), _redis(dep) as r:
         alice = await dep.login("alice")
         first = await alice.request("schedule", to="#general", text="first", **{"in": 600})
         second = await alice.request("schedule", to="alice", text="second", **{"in": 900})
@@ -389,7 +409,7 @@ async def test_the_documented_redis_cli_lines_do_what_the_doc_says(
 
 @contextlib.asynccontextmanager
 async def _redis(dep: Deployment) -> AsyncIterator[aioredis.Redis]:
-    r = aioredis.Redis.from_url(dep.redis.url, decode_responses=True)
+    r = await redis_client(dep.redis)
     try:
         yield r
     finally:

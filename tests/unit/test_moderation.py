@@ -12,6 +12,7 @@ from gateway.errors import ClientError
 from gateway.protocol import Quota, Reported, ReportWarning, StatusResult, TextCodec
 from gateway.protocol.values import say_duration
 from gateway.store import GENERAL, Keys, ModerationLimits, Store, now_ms
+from tests.channels import listener
 
 Redis = fakeredis.FakeAsyncRedis
 
@@ -70,7 +71,7 @@ async def test_a_quota_set_by_hand_without_expiry_gets_one(redis: Redis) -> None
 async def test_reports_ban_at_the_threshold_and_start_again(redis: Redis) -> None:
     store = _store(redis, report_threshold=2, ban_s=60)
     m = store.moderation
-    pubsub = redis.pubsub()
+    pubsub = listener(redis)
     await pubsub.subscribe("t:{u:tom}:events")
     one = await m.report("ann", "Tom", "spam")
     assert (one.counted, one.reports, one.banned_until) == (True, 1, None)
@@ -97,7 +98,7 @@ async def test_reports_ban_at_the_threshold_and_start_again(redis: Redis) -> Non
         {"type": "warning", "reports": 1, "threshold": 2, "banned_until": None},
         {"type": "warning", "reports": 2, "threshold": 2, "banned_until": two.banned_until},
     ]
-    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    await pubsub.aclose()
 
 
 async def test_an_ended_ban_is_reported_once(redis: Redis) -> None:

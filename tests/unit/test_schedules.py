@@ -32,6 +32,7 @@ from gateway.protocol.when import parse_when
 from gateway.store import GENERAL, Keys, LoginLimits, Store, now_ms
 from gateway.store.moderation import ModerationLimits
 from gateway.store.schedules import GONE_GRACE_MS, CancelResult, ClaimStatus, Due
+from tests.channels import listener
 from worker.scheduler import Scheduler
 
 Redis = fakeredis.FakeAsyncRedis
@@ -186,7 +187,7 @@ async def test_add_list_cancel_and_the_index(redis: Redis) -> None:
 
 async def test_adding_and_cancelling_are_pushed_to_the_authors_clients(redis: Redis) -> None:
     store = _store(redis)
-    pubsub = redis.pubsub()
+    pubsub = listener(redis)
     await pubsub.subscribe("t:{u:amy}:events")
     job = await store.schedules.add("amy", "bob", "hi", now_ms() + 60_000, None, 5)
     await store.schedules.cancel("amy", job.sid)
@@ -197,7 +198,7 @@ async def test_adding_and_cancelling_are_pushed_to_the_authors_clients(redis: Re
             got.append(pushed_from_dict(json.loads(msg["data"])))
         if len(got) == 2:
             break
-    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    await pubsub.aclose()
     assert got == [job.event(), Cancelled(job.sid)]
 
 
@@ -236,7 +237,7 @@ async def test_finish_tells_once_and_forgets(redis: Redis) -> None:
     job = await s.add("amy", "bob", "hi", now_ms() + 10, None, 5)
     later = now_ms() + 1000
     [claim] = await s.claim(await s.due(later, 10), "w1", later, 5000)
-    pubsub = redis.pubsub()
+    pubsub = listener(redis)
     await pubsub.subscribe("t:{u:amy}:events")
     outcome = ScheduleOutcome(job.sid, "bob", job.at, True, id="1-0")
     assert await s.finish([(claim, outcome)]) == [True]
@@ -246,7 +247,7 @@ async def test_finish_tells_once_and_forgets(redis: Redis) -> None:
         msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
         if msg is not None:
             pushed.append(json.loads(msg["data"]))
-    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    await pubsub.aclose()
     assert [p["sid"] for p in pushed] == [job.sid]
     assert await s.pending("amy") == []
     assert await redis.exists("t:{u:amy}:sched:lease", DUE) == 0
@@ -320,7 +321,7 @@ async def test_refusals_at_the_time_drop_the_message_and_tell_the_author(redis: 
     late = await s.add("amy", GENERAL, "too late", now_ms() + 20, None, 10)
     await redis.set("t:{u:amy}:ban", str(now_ms() + 60_000))
     await redis.zadd(DUE, {f"amy:{late.sid}": now_ms() - 1})
-    pubsub = redis.pubsub()
+    pubsub = listener(redis)
     await pubsub.subscribe("t:{u:amy}:events")
     await asyncio.sleep(0.05)
     scheduler = Scheduler(store, "w1", max_late_s=0)
@@ -332,7 +333,7 @@ async def test_refusals_at_the_time_drop_the_message_and_tell_the_author(redis: 
             codes.append(json.loads(msg["data"])["code"])
         if len(codes) == 3:
             break
-    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    await pubsub.aclose()
     assert sorted(codes) == ["banned", "banned", "not_found"]
     assert await s.pending("amy") == []
     assert await store.messages.read_after(GENERAL, None, 10) == []

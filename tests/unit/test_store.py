@@ -10,9 +10,10 @@ import fakeredis
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.errors import ClientError
+from gateway.errors import ClientError, Unavailable
 from gateway.store import LoginLimits, Store, hash_password, now_ms, verify_password
 from gateway.store.keys import Keys, dm_conversation
+from tests.channels import listener
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ async def test_failed_logins_are_throttled(store: Store) -> None:
 async def test_send_appends_publishes_and_logs(
     store: Store, redis: fakeredis.FakeAsyncRedis
 ) -> None:
-    pubsub = redis.pubsub()
+    pubsub = listener(redis)
     await pubsub.subscribe("t:{c:#general}:events")
     await pubsub.get_message(timeout=1)  # the subscribe confirmation
     result = await store.send("alice", "#general", "#general", 'say "hi" ü')
@@ -226,7 +227,7 @@ async def test_a_retry_logs_a_stored_message_whose_log_write_was_lost(
     assert again.duplicate
     assert [m.id for m in await store.messages.log("a", 10)] == [first.id]  # a plain retry: once
 
-    write_logs = store.messages._write_logs
+    write_logs = store.messages._after_step
     lost_once = False
 
     async def lose_the_first_log_write(batch: Any, results: Any) -> None:
@@ -236,10 +237,30 @@ async def test_a_retry_logs_a_stored_message_whose_log_write_was_lost(
             raise RedisConnectionError("link dropped after the message was stored")
         await write_logs(batch, results)
 
-    monkeypatch.setattr(store.messages, "_write_logs", lose_the_first_log_write)
+    monkeypatch.setattr(store.messages, "_after_step", lose_the_first_log_write)
     lost = await store.send("a", "#general", "#general", "log me", cid="c10")
     assert not lost.duplicate  # stored, so acked, though its log entry was lost
     assert [m.id for m in await store.messages.log("a", 10)] == [first.id]
     retry = await store.send("a", "#general", "#general", "log me", cid="c10")
     assert retry.id == lost.id and retry.duplicate
     assert [m.id for m in await store.messages.log("a", 10)] == [first.id, lost.id]
+
+
+async def test_a_send_waits_for_its_replicas_and_fails_without_them(
+    redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    """--redis-wait-replicas: the ack waits for WAIT on the message's node. These
+    Redis have no replica: the message is stored, but its sender is told to send it
+    again (same cid, so once); with 0 nothing waits."""
+    if isinstance(redis, fakeredis.FakeAsyncRedis):
+        pytest.skip("fakeredis has no WAIT")
+    waiting = Store(redis, Keys("t"), wait_replicas=1)
+    waiting.messages.wait_replicas_ms = 100
+    with pytest.raises(Unavailable, match="0 of 1 replicas"):
+        await waiting.send("ann", "#general", "#general", "kept", cid="w1")
+    with pytest.raises(Unavailable, match="0 of 1 replicas"):
+        await waiting.send("ann", "dm:ann:bob", "bob", "kept too", cid="w2")
+    plain = Store(redis, Keys("t"))
+    again = await plain.send("ann", "#general", "#general", "kept", cid="w1")
+    assert again.duplicate  # it was stored the first time
+    assert [m.text for m in await plain.messages.read_last("#general", 5)] == ["kept"]

@@ -11,6 +11,7 @@ import pytest
 
 from gateway.store.keys import Keys
 from gateway.store.tokens import LINK_TTL_S, MAX_TOKENS_PER_USER, Tokens, digest_of
+from tests.channels import listener
 
 KEYS = Keys("t")
 
@@ -43,7 +44,7 @@ async def test_revoking_ends_the_token_and_tells_its_streams(
     tokens: Tokens, redis: fakeredis.FakeAsyncRedis
 ) -> None:
     token = await tokens.create("alice")
-    pubsub = redis.pubsub()
+    pubsub = listener(redis)
     await pubsub.subscribe(KEYS.user_channel("alice"))
     await pubsub.get_message(timeout=1)  # the subscribe confirmation
     assert await tokens.revoke(token) == "alice"
@@ -56,7 +57,7 @@ async def test_revoking_ends_the_token_and_tells_its_streams(
             break
     assert event is not None
     assert json.loads(event["data"]) == {"type": "logout", "token": digest_of(token)[:16]}
-    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    await pubsub.aclose()
 
 
 async def test_a_user_keeps_the_newest_tokens_only(
