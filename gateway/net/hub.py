@@ -341,8 +341,9 @@ class Hub:
     async def _read_direct(self, key: tuple[bytes, str], route: Route, conversation: str) -> None:
         """Hand the route's sessions what the conversation has after what they have.
         ``deliver`` drops what a session had and holds it for a session still syncing.
-        A session with nothing of it (a conversation new since it logged in; the
-        login's replay marks the others) is handed all of it."""
+        A session with nothing of it has it from when it logged in: the login's
+        replay marks the conversations listed then (gateway.handlers.sync), and one
+        not listed then has had no message since well before."""
         tries = 0
         try:
             while True:
@@ -350,9 +351,12 @@ class Hub:
                 targets = list(route.sessions)
                 if not targets:
                     return
-                known = [s.last_sent.get(conversation) for s in targets]
-                had = [k for k in known if k is not None]
-                after = format_stream_id(min(had)) if len(had) == len(known) else None
+                after = format_stream_id(
+                    min(
+                        s.last_sent.get(conversation) or (max(0, s.joined_ms - RESYNC_MARGIN_MS), 0)
+                        for s in targets
+                    )
+                )
                 try:
                     while True:
                         page = await self.store.messages.read_after(

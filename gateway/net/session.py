@@ -66,6 +66,7 @@ from gateway.protocol import (
 from gateway.protocol.events import LoggedOut
 from gateway.protocol.http import HttpCodec, HttpReject, HttpRequest, error_body
 from gateway.protocol.ops import PACED_LIKE_READS, PACED_LIKE_SENDS
+from gateway.store.time import now_ms
 from gateway.store.tokens import digest_of
 
 if TYPE_CHECKING:
@@ -149,6 +150,7 @@ class Session(asyncio.Protocol):
         self._held_events: list[Event] = []
         self._held_bytes = 0
         self.last_sent: dict[str, tuple[int, int]] = {}  # conversation -> last id delivered
+        self.joined_ms = 0  # when it began to log in (wall clock, as stream ids are)
         self.rooms: set[str] = set()  # rooms subscribed (besides #general)
         self._room_changes: list[Joined | Left] = []
         self._room_worker: asyncio.Task[None] | None = None
@@ -562,6 +564,7 @@ class Session(asyncio.Protocol):
         if self.state is State.CLOSED:
             raise asyncio.CancelledError
         self.user = user
+        self.joined_ms = now_ms()
         self._to(State.SYNCING)
         if isinstance(self.codec, TextCodec):
             base = self.base_url

@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from client.connection import ChatError, Connection
+from gateway.protocol import parse_stream_id
 from gateway.store import make_redis
 from tests.support import (
     ON_REDIS_AND_CLUSTER,
@@ -394,3 +395,23 @@ async def test_history_larger_than_the_outbox_is_paced_not_cut(
         history = await reader.history("wes", limit=200)  # ~180 KB, three times the bound
         assert [m["id"] for m in history] == ids
         await reader.ping()  # still connected: asked-for replies are not "falling behind"
+
+
+async def test_both_sides_of_a_direct_conversation_at_once_arrive_in_order(
+    deployment: Deployment,
+) -> None:
+    """Both users send at once from two gateways; a second client of each, on the
+    other gateway, gets all of it once, in the conversation's order. (On a cluster
+    a direct message is published after its step, so two can cross on the way.)"""
+    ann = await deployment.connect_on("gw1", "ann")
+    bob = await deployment.connect_on("gw2", "bob")
+    ann2 = await deployment.connect_on("gw2", "ann")
+    bob2 = await deployment.connect_on("gw1", "bob")
+    sent = await asyncio.gather(
+        *(ann.send("bob", f"a{i}") for i in range(40)),
+        *(bob.send("ann", f"b{i}") for i in range(40)),
+    )
+    order = sorted(sent, key=parse_stream_id)
+    for client in (ann2, bob2, ann, bob):
+        got = [m["id"] for m in await client.messages(80, timeout=20)]
+        assert got == order

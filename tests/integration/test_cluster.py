@@ -17,9 +17,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
+import redis as sync_redis
+from redis.crc import key_slot
+
 from client.resilient import ResilientClient
+from gateway.embedded_redis import find_cluster_redis_server
 from gateway.protocol import parse_stream_id
 from gateway.store import Keys
 from tests.support import Deployment, RedisClusterServer, redis_client, running, wait_for
@@ -111,3 +117,52 @@ async def test_killing_a_primary_loses_no_acknowledged_message(
         finally:
             for client in (reader, *senders):
                 await client.close()
+
+
+def _migrate_slot(cluster: RedisClusterServer, slot: int, source: int, target: int) -> None:
+    """Move one slot with its keys from node ``source`` to node ``target``, as
+    ``redis-cli --cluster reshard`` does: IMPORTING, MIGRATING, MIGRATE, then NODE."""
+    src, dst = cluster.nodes[source], cluster.nodes[target]
+    with sync_redis.Redis(port=src.port) as s, sync_redis.Redis(port=dst.port) as d:
+        src_id, dst_id = s.execute_command("CLUSTER", "MYID"), d.execute_command("CLUSTER", "MYID")
+        d.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        while moving := s.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            s.execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", *moving)
+        for node in cluster.nodes:
+            with sync_redis.Redis(port=node.port) as r:
+                r.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+
+
+async def test_a_room_moved_to_another_shard_keeps_its_live_readers(tmp_path: Path) -> None:
+    """Its node drops the gateways' subscriptions when the slot goes; each gateway
+    subscribes again where the slot lives now, and re-reads what it may have missed."""
+    if find_cluster_redis_server() is None:
+        pytest.skip("needs redis-server 7 or newer")
+    cluster = RedisClusterServer(tmp_path / "cluster").start()
+    try:
+        dep = Deployment(cluster, tmp_path)
+        async with running(dep):
+            ann = await dep.connect_on("gw1", "ann")
+            bob = await dep.connect_on("gw2", "bob")
+            before = await bob.send("#general", "before the move")
+            assert [m["id"] for m in await ann.messages(1)] == [before]
+
+            general = Keys(dep.prefix).stream("#general")
+            source = cluster.primary_for(general)
+            assert source is not None
+            target = next(i for i in range(3) if i != source)
+            _migrate_slot(cluster, key_slot(general.encode()), source, target)
+            assert cluster.primary_for(general) == target
+
+            after = [await bob.send("#general", f"after {i}") for i in range(5)]
+            assert [m["id"] for m in await ann.messages(5, timeout=15)] == after
+            assert [m["id"] for m in await bob.messages(6, timeout=15)] == [before, *after]
+            r = await redis_client(cluster)
+            try:
+                assert [sid for sid, _ in await r.xrange(general)] == [before, *after]
+            finally:
+                await r.aclose()
+        assert "pub/sub link down" in dep.logs()  # both gateways noticed the move
+    finally:
+        cluster.stop()
