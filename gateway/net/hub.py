@@ -44,6 +44,7 @@ from gateway.net.pubsub import Subscriber, SubscriberClosed
 from gateway.net.sharded import ShardedSubscriber
 from gateway.protocol import (
     Error,
+    LiveRun,
     Message,
     ReportWarning,
     format_stream_id,
@@ -260,9 +261,41 @@ class Hub:
 
     async def _read(self, sub: Subscriber | ShardedSubscriber) -> None:
         while not self._stopping:
-            batch = await sub.read_batch()
-            for channel, data in batch:
-                self._dispatch(channel, data)
+            self._dispatch_batch(await sub.read_batch())
+
+    def _dispatch_batch(self, batch: list[tuple[bytes, bytes]]) -> None:
+        """Everything one read brought, in order per channel. Consecutive messages of
+        one channel and conversation go to each session as one run: one write and
+        one cursor update per session, not one per message (under load a read
+        carries many)."""
+        runs: dict[bytes, tuple[Route, str, list[Message]]] = {}
+        for channel, data in batch:
+            route = self._routes.get(channel)
+            if route is None or not route.sessions:
+                continue
+            got = self._decode(route, channel, data)
+            if got is None:
+                continue
+            if isinstance(got, dict):  # an event for a user: after what came before it
+                if (run := runs.pop(channel, None)) is not None:
+                    self._deliver(*run)
+                self._push(route, got)
+                continue
+            conversation, msg = got
+            run = runs.get(channel)
+            if run is not None and run[1] == conversation:
+                run[2].append(msg)
+                continue
+            if run is not None:
+                self._deliver(*run)
+            runs[channel] = (route, conversation, [msg])
+        for run in runs.values():
+            self._deliver(*run)
+
+    def _deliver(self, route: Route, conversation: str, messages: list[Message]) -> None:
+        run = LiveRun(messages)
+        for session in list(route.sessions):
+            session.deliver_run(conversation, run)
 
     # -- after an outage: re-read once per channel ------------------------------------
     async def _resync(self, since_ms: int) -> None:
@@ -304,28 +337,27 @@ class Hub:
                 return
             after = page[-1].id
 
-    def _dispatch(self, channel: bytes, data: bytes) -> None:
-        route = self._routes.get(channel)
-        if route is None or not route.sessions:
-            return
+    def _decode(
+        self, route: Route, channel: bytes, data: bytes
+    ) -> tuple[str, Message] | dict[str, object] | None:
+        """A message to deliver, with its conversation; an event for a user that is
+        not a message, as its JSON object; None for what is not delivered as it came
+        (malformed; a direct message on a cluster, read from its stream instead)."""
         try:
             obj = json.loads(data)
             if obj.get("type") != "message":
-                self._push(route, obj)
-                return
+                return obj if isinstance(obj, dict) else None
             msg = message_from_dict(obj, raw=data + b"\n")
         except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("dropped a malformed event on %s", channel[:100])
-            return
+            return None
         if route.user is None:
-            conversation = msg.to
-        else:
-            conversation = dm_conversation(msg.from_, msg.to)
-            if self.cluster is not None:
-                self._catch_up(channel, route, conversation)
-                return
-        for session in list(route.sessions):
-            session.deliver(conversation, msg)
+            return msg.to, msg
+        conversation = dm_conversation(msg.from_, msg.to)
+        if self.cluster is not None:
+            self._catch_up(channel, route, conversation)
+            return None
+        return conversation, msg
 
     # -- on a cluster: direct messages read from their stream, in order -----------------
     def _catch_up(self, channel: bytes, route: Route, conversation: str) -> None:

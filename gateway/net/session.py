@@ -59,6 +59,7 @@ from gateway.protocol import (
     JsonCodec,
     Left,
     ListRooms,
+    LiveRun,
     Message,
     TextCodec,
     detect_framing,
@@ -491,6 +492,22 @@ class Session(asyncio.Protocol):
                 return
             self._held.append((conversation, msg))
             self._held_bytes += size
+
+    def deliver_run(self, conversation: str, run: LiveRun) -> None:
+        """Live messages of one conversation that arrived together: one write, and the
+        bookkeeping (what was sent, the cursor) once, not once per message."""
+        if self.state is not State.LIVE:
+            for msg in run.messages:
+                self.deliver(conversation, msg)
+            return
+        last = self.last_sent.get(conversation)
+        if last is not None and run.first <= last:
+            for msg in run.messages:  # some of it was had (a re-read overlapped)
+                self._deliver_now(conversation, msg)
+            return
+        assert self.codec is not None and self.outbox is not None
+        self.outbox.write(self.codec.encode_live(run))
+        self._sent_up_to(conversation, run.messages[-1])
 
     def push(self, ev: Event) -> None:
         """An event published to the user (a warning, ...): live, or after the sync.

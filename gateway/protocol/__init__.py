@@ -52,6 +52,7 @@ from gateway.protocol.framing import (
     Codec,
     Framing,
     LineSplitter,
+    LiveRun,
     detect_framing,
 )
 from gateway.protocol.jsonlines import JsonCodec
@@ -118,6 +119,7 @@ __all__ = [
     "LineSplitter",
     "LinkResult",
     "ListRooms",
+    "LiveRun",
     "LogResult",
     "Login",
     "MakeLink",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from typing import Final
 
-from gateway.protocol.events import Error, Event
+from gateway.protocol.events import Error, Event, Message, dumps, event_to_dict
 from gateway.protocol.ops import Command, Reject
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "Codec",
     "Framing",
     "LineSplitter",
+    "LiveRun",
     "detect_framing",
 ]
 
@@ -219,6 +220,28 @@ class Codec:
 
     def encode(self, ev: Event) -> bytes:
         raise NotImplementedError
+
+    def encode_live(self, run: LiveRun) -> bytes:
+        """Live messages of one conversation, oldest first, for one write."""
+        return b"".join(self.encode(msg) for msg in run.messages)
+
+
+class LiveRun:
+    """Live messages of one conversation that arrived together, handed to every local
+    session that reads it: what is the same for all of them is worked out once (the
+    JSON lines, the messages published as they are sent)."""
+
+    __slots__ = ("_json", "first", "messages")
+
+    def __init__(self, messages: list[Message]) -> None:
+        self.messages = messages
+        self.first = messages[0].key
+        self._json: bytes | None = None
+
+    def json_lines(self) -> bytes:
+        if self._json is None:
+            self._json = b"".join(m.raw or dumps(event_to_dict(m)) for m in self.messages)
+        return self._json
 
 
 def decode_line(line: bytes) -> str:

@@ -11,7 +11,7 @@ import json
 from typing import Any, Final
 
 from gateway.protocol.events import Event, Message, Rid, dumps, event_to_dict
-from gateway.protocol.framing import Codec, Framing, decode_line
+from gateway.protocol.framing import Codec, Framing, LiveRun, decode_line
 from gateway.protocol.ops import Command, Reject, TextContext, parse_json_request
 from gateway.protocol.values import MAX_RID_CHARS
 
@@ -85,3 +85,6 @@ class JsonCodec(Codec):
         if isinstance(ev, Message) and ev.raw is not None and not ev.replay:
             return ev.raw
         return dumps(event_to_dict(ev))
+
+    def encode_live(self, run: LiveRun) -> bytes:
+        return run.json_lines()  # the same bytes for every JSON client
