@@ -268,8 +268,9 @@ def start_worker(
     return proc
 
 
-# A module's tests that use the ``deployment`` fixture run on one Redis and on a Redis
-# Cluster (skipped without redis-server 7): ``pytestmark = ON_REDIS_AND_CLUSTER``.
+# Tests that use the ``deployment`` (or ``chat_redis``) fixture run on one Redis and on
+# a Redis Cluster (skipped without redis-server 7): a module's with
+# ``pytestmark = ON_REDIS_AND_CLUSTER``, or one test's with ``@ON_REDIS_AND_CLUSTER``.
 ON_REDIS_AND_CLUSTER = pytest.mark.also_on_cluster
 
 

@@ -21,8 +21,6 @@ from tests.support import (
     running,
 )
 
-pytestmark = ON_REDIS_AND_CLUSTER
-
 
 async def redis_for(dep: Deployment) -> aioredis.Redis:
     return aioredis.Redis.from_url(dep.redis.url, decode_responses=True)
@@ -31,6 +29,7 @@ async def redis_for(dep: Deployment) -> aioredis.Redis:
 # -- text lines, as a person with nc ------------------------------------------------------
 
 
+@ON_REDIS_AND_CLUSTER
 async def test_text_users_chat_with_sender_and_time(deployment: Deployment) -> None:
     alice, bob = await deployment.text(), await deployment.text()
     await alice.send("/login alice pw\n")
@@ -85,6 +84,7 @@ async def test_bad_names_wrong_passwords_and_throttling(deployment: Deployment) 
 # -- broadcast, private messages, across gateways ------------------------------------------
 
 
+@ON_REDIS_AND_CLUSTER
 async def test_messages_cross_gateways_through_redis(deployment: Deployment) -> None:
     a1 = await deployment.connect_on("gw1", "ann")
     b2 = await deployment.connect_on("gw2", "ben")
@@ -98,6 +98,7 @@ async def test_messages_cross_gateways_through_redis(deployment: Deployment) -> 
     assert (got["id"], got["from"], got["to"]) == (dm, "ann", "ben")
 
 
+@ON_REDIS_AND_CLUSTER
 async def test_each_gateway_subscribes_once_per_channel(deployment: Deployment) -> None:
     for i in range(8):
         await deployment.login(f"user{i}")
@@ -123,6 +124,7 @@ async def test_each_gateway_subscribes_once_per_channel(deployment: Deployment) 
     assert subscribers == 2  # two gateway processes, however many clients
 
 
+@ON_REDIS_AND_CLUSTER
 async def test_private_message_to_offline_user_waits_for_login(deployment: Deployment) -> None:
     dora = await deployment.login("dora")
     await dora.quit()
@@ -153,6 +155,7 @@ async def test_message_to_unknown_user_is_refused_and_not_stored(deployment: Dep
 # -- history, unread, several clients ----------------------------------------------------------
 
 
+@ON_REDIS_AND_CLUSTER
 async def test_first_login_replays_the_last_20_of_general_in_order(deployment: Deployment) -> None:
     talker = await deployment.login("talker")
     ids = [await talker.send("#general", f"m{i}") for i in range(25)]
@@ -163,6 +166,7 @@ async def test_first_login_replays_the_last_20_of_general_in_order(deployment: D
     assert result.welcome["unread"] == {"#general": 20}
 
 
+@ON_REDIS_AND_CLUSTER
 async def test_later_login_replays_everything_unread_without_duplicates(
     deployment: Deployment,
 ) -> None:
@@ -185,6 +189,7 @@ async def test_later_login_replays_everything_unread_without_duplicates(
     assert got["id"] == live and "replay" not in got
 
 
+@ON_REDIS_AND_CLUSTER
 async def test_several_clients_of_one_user_stay_in_sync(deployment: Deployment) -> None:
     phone = await deployment.connect_on("gw1", "ivy")
     laptop = await deployment.connect_on("gw2", "ivy")
@@ -205,6 +210,7 @@ async def test_several_clients_of_one_user_stay_in_sync(deployment: Deployment) 
     assert result.replayed == []
 
 
+@ON_REDIS_AND_CLUSTER
 async def test_log_history_and_status(deployment: Deployment) -> None:
     kim = await deployment.connect_on("gw1", "kim")
     leo = await deployment.connect_on("gw2", "leo")
@@ -397,6 +403,7 @@ async def test_history_larger_than_the_outbox_is_paced_not_cut(
         await reader.ping()  # still connected: asked-for replies are not "falling behind"
 
 
+@ON_REDIS_AND_CLUSTER
 async def test_both_sides_of_a_direct_conversation_at_once_arrive_in_order(
     deployment: Deployment,
 ) -> None:
