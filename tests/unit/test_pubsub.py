@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 
-from gateway.embedded_redis import free_port, start_redis_server
+from gateway.embedded_redis import find_cluster_redis_server, free_port, start_redis_server
 from gateway.errors import ConfigError
 from gateway.net.pubsub import Subscriber, SubscriberClosed
 from tests.support import RedisServer
@@ -337,3 +337,65 @@ async def test_a_refused_client_name_fails_the_connect(
 def test_a_name_redis_would_refuse_is_refused_up_front(name: str) -> None:
     with pytest.raises(ValueError):
         Subscriber("redis://127.0.0.1:6380/0", client_name=name)
+
+
+# -- sharded (Redis 7: SSUBSCRIBE; a cluster's link) -------------------------------------
+
+
+@pytest.fixture
+def needs_redis7() -> None:
+    if find_cluster_redis_server() is None:
+        pytest.skip("sharded pub/sub needs redis-server 7 or newer")
+
+
+async def test_sharded_subscribe_leave_and_join_again(
+    needs_redis7: None, server: RedisServer, plain: redis.Redis
+) -> None:
+    """One SSUBSCRIBE per channel (channels of several slots); our own SUNSUBSCRIBE's
+    reply is expected and keeps the link; a subscription made again is live."""
+    channels = ["{a}:events", "{b}:events", "{c}:events"]
+    async with connected(server.url, sharded=True) as sub, reading(sub) as got:
+        await sub.subscribe(channels)
+        for channel in channels:
+            assert plain.execute_command("SPUBLISH", channel, f"to {channel}") == 1
+        await eventually(lambda: len(got) == 3)
+        assert got == [(c.encode(), f"to {c}".encode()) for c in channels]
+        sub.unsubscribe(channels[:1])
+        await eventually(lambda: plain.execute_command("SPUBLISH", channels[0], "x") == 0)
+        await sub.subscribe(channels[:1])
+        assert plain.execute_command("SPUBLISH", channels[0], "back") == 1
+        await eventually(lambda: got[-1] == (channels[0].encode(), b"back"))
+
+
+async def test_a_cluster_link_spans_the_nodes_and_fails_whole_when_one_goes(
+    redis_cluster: Any,
+) -> None:
+    """ShardedSubscriber: each channel on the node that owns its slot; one node's
+    connection dropped fails the link (the hub then reconnects everything)."""
+    from gateway.net.sharded import ShardedSubscriber
+    from gateway.store import make_redis
+
+    cluster = make_redis(redis_cluster.url, cluster=True)
+    link = ShardedSubscriber(redis_cluster.url, cluster, client_name="t-sharded")
+    try:
+        await link.connect()
+        channels = [f"t-link:{{{i}}}:events" for i in range(12)]
+        await link.subscribe(channels)
+        nodes = {cluster.get_node_from_key(c).port for c in channels}  # type: ignore[attr-defined]
+        assert len(nodes) == 3  # the channels spread over every primary
+        for channel in channels:
+            assert await cluster.execute_command("SPUBLISH", channel, channel) == 1
+        got: list[tuple[bytes, bytes]] = []
+        while len(got) < len(channels):
+            got.extend(await asyncio.wait_for(link.read_batch(), 5))
+        assert sorted(got) == sorted((c.encode(), c.encode()) for c in channels)
+
+        victim = next(iter(nodes))
+        with redis.Redis(port=victim) as node:
+            node.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        with pytest.raises(SubscriberClosed):
+            while True:
+                await asyncio.wait_for(link.read_batch(), 5)
+    finally:
+        await link.close()
+        await cluster.aclose()
