@@ -105,7 +105,7 @@ class SendResult:
 
 @dataclass(slots=True)
 class _PendingSend:
-    keys: tuple[str, str, str, str, str, str]
+    keys: tuple[str, str, str, str, str, str, str]
     args: list[Any]
     log_key: str
     log_fields: dict[str, str]
@@ -224,6 +224,7 @@ class Messages:
             quote.text if quote else "",
             "1" if scheduled else "",
             stored_file,
+            "" if self.scripts.sharded else self.history_max_len,  # the log in the step
             *in_step,
         ]
         log_fields = {"id": "", "to": to, "text": text}
@@ -242,6 +243,7 @@ class Messages:
                 k.members(conversation) if member else stream,
                 k.replies(conversation),
                 k.thread(conversation, reply_to) if reply_to else stream,
+                stream if self.scripts.sharded else k.log(sender),
             ),
             args=args,
             log_key=k.log(sender),
@@ -326,9 +328,12 @@ class Messages:
                 fut.set_result((int(result[0]), str(result[1])))
 
     async def _after_step(self, batch: list[_PendingSend], results: list[Any]) -> None:
-        """One round trip: the senders' logs and, on a cluster, the publishes that
-        cross slots. A retry (status 0) is published again: its first attempt may have
-        died between its step and this, and readers drop what they already have."""
+        """On a cluster, one round trip: the senders' logs (a single Redis writes them
+        in the step) and the publishes that cross slots. A retry (status 0) is
+        published again: its first attempt may have died between its step and this,
+        and readers drop what they already have."""
+        if not self.scripts.sharded:
+            return
         new = [
             (item, str(r[1]))
             for item, r in zip(batch, results, strict=True)
