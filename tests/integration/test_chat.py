@@ -14,11 +14,14 @@ from gateway.protocol import parse_stream_id
 from gateway.store import make_redis
 from tests.support import (
     ON_REDIS_AND_CLUSTER,
+    AnyRedis,
     Deployment,
     RedisClusterServer,
     RedisServer,
     TextClient,
+    redis_client,
     running,
+    start_worker,
 )
 
 
@@ -314,40 +317,42 @@ async def test_connection_that_never_logs_in_is_closed(
 # -- lifetime ------------------------------------------------------------------------------------
 
 
+@ON_REDIS_AND_CLUSTER
 async def test_expired_messages_are_gone_and_trimmed_by_the_worker(
-    redis_server: RedisServer, tmp_path: Path
+    chat_redis: AnyRedis, tmp_path: Path
 ) -> None:
-    import subprocess
-    import sys
-
-    deployment = Deployment(redis_server, tmp_path, gateways=1, extra=["--message-ttl", "1"])
+    """On a cluster the janitor scans each primary (the streams spread over them)."""
+    deployment = Deployment(chat_redis, tmp_path, gateways=1, extra=["--message-ttl", "1"])
     async with running(deployment) as dep:
         worker = None
+        r = await redis_client(dep.redis)
         try:
             sam = await dep.login("sam")
+            await (await dep.login("tia")).quit()
             await sam.send("#general", "short-lived")
             await sam.send("#general", "also short-lived")
+            await sam.send("tia", "short-lived too")
             await asyncio.sleep(1.3)
             assert await sam.history("#general") == []
             assert await sam.log() == []
             fresh = await dep.connect()
             assert (await fresh.login("tia", "pw")).replayed == []
-            r = await redis_for(dep)
-            stream = f"{dep.prefix}:{{c:#general}}:stream"
-            assert await r.xlen(stream) == 2  # still in Redis until trimmed
-            worker = subprocess.Popen(  # noqa: ASYNC220 - started once, never awaited on
-                [sys.executable, "-m", "worker", "--redis", dep.redis.url, "--prefix", dep.prefix,
-                 "--message-ttl", "1", "--trim-interval-s", "0.2"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+            streams = [
+                f"{dep.prefix}:{{c:#general}}:stream",
+                f"{dep.prefix}:{{c:dm:sam:tia}}:stream",
+                f"{dep.prefix}:{{u:sam}}:log",
+            ]
+            assert [await r.xlen(s) for s in streams] == [2, 1, 3]  # until trimmed
+            worker = start_worker(dep.redis, dep.prefix, tmp_path, "--message-ttl", "1",
+                                  "--trim-interval-s", "0.2")  # fmt: skip
             for _ in range(100):
-                if await r.xlen(stream) == 0 and await r.xlen(f"{dep.prefix}:{{u:sam}}:log") == 0:
+                if [await r.xlen(s) for s in streams] == [0, 0, 0]:
                     break
                 await asyncio.sleep(0.1)
             else:
                 raise AssertionError("the worker did not trim expired messages")
-            await r.aclose()
         finally:
+            await r.aclose()
             if worker is not None:
                 worker.terminate()
                 assert worker.wait(10) == 0
