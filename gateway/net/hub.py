@@ -269,11 +269,12 @@ class Hub:
         one cursor update per session, not one per message (under load a read
         carries many)."""
         runs: dict[bytes, tuple[Route, str, list[Message]]] = {}
+        seen: dict[bytes, Message] = {}  # a direct message comes on both users' channels
         for channel, data in batch:
             route = self._routes.get(channel)
             if route is None or not route.sessions:
                 continue
-            got = self._decode(route, channel, data)
+            got = self._decode(route, channel, data, seen)
             if got is None:
                 continue
             if isinstance(got, dict):  # an event for a user: after what came before it
@@ -338,19 +339,22 @@ class Hub:
             after = page[-1].id
 
     def _decode(
-        self, route: Route, channel: bytes, data: bytes
+        self, route: Route, channel: bytes, data: bytes, seen: dict[bytes, Message]
     ) -> tuple[str, Message] | dict[str, object] | None:
         """A message to deliver, with its conversation; an event for a user that is
         not a message, as its JSON object; None for what is not delivered as it came
-        (malformed; a direct message on a cluster, read from its stream instead)."""
-        try:
-            obj = json.loads(data)
-            if obj.get("type") != "message":
-                return obj if isinstance(obj, dict) else None
-            msg = message_from_dict(obj, raw=data + b"\n")
-        except (ValueError, KeyError, TypeError, AttributeError):
-            log.warning("dropped a malformed event on %s", channel[:100])
-            return None
+        (malformed; a direct message on a cluster, read from its stream instead).
+        ``seen``: the messages decoded from this read, by their bytes."""
+        msg = seen.get(data)
+        if msg is None:
+            try:
+                obj = json.loads(data)
+                if obj.get("type") != "message":
+                    return obj if isinstance(obj, dict) else None
+                msg = seen[data] = message_from_dict(obj, raw=data + b"\n")
+            except (ValueError, KeyError, TypeError, AttributeError):
+                log.warning("dropped a malformed event on %s", channel[:100])
+                return None
         if route.user is None:
             return msg.to, msg
         conversation = dm_conversation(msg.from_, msg.to)

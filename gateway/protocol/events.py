@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+import json.encoder
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from gateway.protocol.values import parse_stream_id
 
@@ -448,9 +449,31 @@ Event = (
 )
 
 
+def _not_json(obj: Any) -> Any:
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def _compact_encoder() -> Callable[[Any], str]:
+    """``json.dumps(obj, ensure_ascii=False, separators=(",", ":"))``, the same text,
+    with the C encoder made once: json.dumps builds one per call, which was most of
+    the cost of encoding an ack."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # a Python without the C accelerator
+        return json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    # markers (None: no circular check), default, string encoder, indent, separators,
+    # sort_keys, skipkeys, allow_nan: what json.dumps passes for these options.
+    encode = make(
+        None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, True
+    )
+    return lambda obj: "".join(encode(obj, 0))
+
+
+compact_json: Final = _compact_encoder()
+
+
 def dumps(obj: Any) -> bytes:
     """One JSON line, compact, UTF-8: the form of every JSON-lines event."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    return compact_json(obj).encode() + b"\n"
 
 
 def file_dict(f: FileInfo) -> dict[str, Any]:
@@ -460,7 +483,7 @@ def file_dict(f: FileInfo) -> dict[str, Any]:
 
 def file_json(f: FileInfo) -> str:
     """A file's JSON object, compact: how a stream entry and a log entry keep it."""
-    return json.dumps(file_dict(f), ensure_ascii=False, separators=(",", ":"))
+    return compact_json(file_dict(f))
 
 
 def file_from_dict(d: Any) -> FileInfo:
@@ -496,7 +519,7 @@ def message_json_tail(
         tail["file"] = file_dict(file)
     if scheduled:
         tail["scheduled"] = True
-    return "," + json.dumps(tail, ensure_ascii=False, separators=(",", ":"))[1:]
+    return "," + compact_json(tail)[1:]
 
 
 def _message_dict(m: Message) -> dict[str, Any]:

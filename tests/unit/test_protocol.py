@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.protocol import (
     Ack,
@@ -30,6 +32,7 @@ from gateway.protocol import (
     event_to_dict,
     printable,
 )
+from gateway.protocol.events import compact_json
 from gateway.protocol.framing import TOO_LONG
 
 
@@ -306,3 +309,16 @@ def test_control_characters_never_reach_a_terminal_raw() -> None:
 def test_printable_keeps_ordinary_unicode() -> None:
     assert printable("héllo 世界 🙂") == "héllo 世界 🙂"
     assert printable("a\tb") == "a\\x09b"
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(JSON_VALUES)
+def test_the_event_encoder_writes_what_json_dumps_writes(value: object) -> None:
+    """compact_json builds the C encoder once; its text must be json.dumps's."""
+    assert compact_json(value) == json.dumps(value, ensure_ascii=False, separators=(",", ":"))
