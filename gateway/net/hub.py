@@ -359,32 +359,37 @@ class Hub:
             return msg.to, msg
         conversation = dm_conversation(msg.from_, msg.to)
         if self.cluster is not None:
-            self._catch_up(channel, route, conversation)
+            self._catch_up(channel, conversation)
             return None
         return conversation, msg
 
     # -- on a cluster: direct messages read from their stream, in order -----------------
-    def _catch_up(self, channel: bytes, route: Route, conversation: str) -> None:
+    def _catch_up(self, channel: bytes, conversation: str) -> None:
         key = (channel, conversation)
         if key in self._catching_up:
             self._catching_up[key] = True  # read again once the read in flight is done
             return
         self._catching_up[key] = False
-        task = asyncio.create_task(self._read_direct(key, route, conversation))
+        task = asyncio.create_task(self._read_direct(key, conversation))
         self._catch_ups.add(task)
         task.add_done_callback(self._catch_ups.discard)
 
-    async def _read_direct(self, key: tuple[bytes, str], route: Route, conversation: str) -> None:
-        """Hand the route's sessions what the conversation has after what they have.
+    async def _read_direct(self, key: tuple[bytes, str], conversation: str) -> None:
+        """Hand the channel's sessions what the conversation has after what they have.
         ``deliver`` drops what a session had and holds it for a session still syncing.
         A session with nothing of it has it from when it logged in: the login's
         replay marks the conversations listed then (gateway.handlers.sync), and one
-        not listed then has had no message since well before."""
+        not listed then has had no message since well before.
+
+        The channel's route is looked up at each read: its sessions may all have
+        left and new ones come (a new route) while a read was in flight, and the
+        word coalesced into this read is for them."""
         tries = 0
         try:
             while True:
                 self._catching_up[key] = False
-                targets = list(route.sessions)
+                route = self._routes.get(key[0])
+                targets = list(route.sessions) if route is not None else []
                 if not targets:
                     return
                 after = format_stream_id(
