@@ -8,10 +8,14 @@
     redchat-bench fanout --host 10.0.0.5 --port 8000 --no-baseline
     redchat-bench attacks                          # what hostile clients cost others
     redchat-bench requests                         # an HTTP POST /send vs a JSON-lines send
+    redchat-bench shards                           # one Redis against clusters of 1-3 shards
 
-``attacks`` is a command of its own (``redchat-bench attacks --help``,
-bench/attacks.py): it measures latency, memory and stalls under attack on a
-deployment it starts, with no baseline. The rest of this text is about the others.
+``attacks``, ``requests`` and ``shards`` are commands of their own, each with its
+own ``--help`` (bench/attacks.py, bench/requests.py, bench/shards.py): ``attacks``
+measures latency, memory and stalls under attack on a deployment it starts;
+``requests`` what an HTTP send costs against a JSON-lines one; ``shards`` fan-out
+and direct messages on one redis-server and on Redis Clusters of 1, 2 and 3 shards,
+with each shard's CPU. None has a baseline. The rest of this text is about the others.
 
 By default it starts everything itself, on free ports in a temporary folder: a
 redis-server, ``--gateways`` gateway processes sharing one port, and the baseline
@@ -28,16 +32,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import secrets
-import statistics
-import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from bench.load import SCENARIOS, Params, RunResult, run_scenario
+from bench.report import fmt_value, machine, median_metrics, render_rows
 from bench.servers import (
     BaselineProcess,
     External,
@@ -58,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     d = Params()
     ap.add_argument(
-        "scenario", choices=sorted(SCENARIOS), help="or `attacks` (see `attacks --help`)"
+        "scenario",
+        choices=sorted(SCENARIOS),
+        help="or `attacks`, `requests`, `shards` (each has its own --help)",
     )
     where = ap.add_argument_group("what to measure")
     where.add_argument("--gateways", type=int, default=2, help="gateway processes to start")
@@ -112,53 +115,6 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _machine() -> dict[str, Any]:
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    redis = "?"
-    try:
-        from gateway.embedded_redis import find_redis_server
-
-        out = subprocess.run(
-            [find_redis_server(), "--version"], capture_output=True, text=True, timeout=5
-        ).stdout
-        redis = next((w[2:] for w in out.split() if w.startswith("v=")), out.strip())
-    except (OSError, subprocess.SubprocessError, RuntimeError, ValueError):
-        pass
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-
-        uv = version("uvloop")
-    except (ImportError, PackageNotFoundError):
-        uv = "not installed"
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "redis": redis,
-        "uvloop": uv,
-        "os": platform.platform(terse=True),
-    }
-
-
-def _median(results: list[RunResult]) -> dict[str, float]:
-    keys: list[str] = []
-    for r in results:
-        keys += [k for k in r.metrics if k not in keys]
-    out = {}
-    for k in keys:
-        values = [r.metrics[k] for r in results if k in r.metrics]
-        out[k] = round(statistics.median(values), 3)
-    return out
-
-
 def _describe(args: argparse.Namespace) -> str:
     match args.scenario:
         case "fanout":
@@ -181,31 +137,13 @@ def _table(summary: dict[str, dict[str, float]], ratios: dict[str, float]) -> st
     keys: list[str] = []
     for m in summary.values():
         keys += [k for k in m if k not in keys]
-    head = ["figure", *labels] + (["ratio"] if ratios else [])
-    rows = [head]
+    rows = [["figure", *labels] + (["ratio"] if ratios else [])]
     for k in keys:
-        row = [k] + [_fmt(summary[lab].get(k)) for lab in labels]
+        row = [k] + [fmt_value(summary[lab].get(k)) for lab in labels]
         if ratios:
             row.append(f"{ratios[k]:.2f}x" if k in ratios else "")
         rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = []
-    for n, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
-        ]
-        lines.append("  ".join(cells))
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _fmt(v: float | None) -> str:
-    if v is None:
-        return "-"
-    if float(v).is_integer():
-        return f"{int(v):,}"
-    return f"{v:,.2f}"
+    return render_rows(rows)
 
 
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
@@ -250,7 +188,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for t in targets:
             await asyncio.to_thread(t.stop)
-    summary = {label: _median(rs) for label, rs in results.items()}
+    summary = {label: median_metrics([r.metrics for r in rs]) for label, rs in results.items()}
     ratios: dict[str, float] = {}
     if "baseline" in summary:
         base = summary["baseline"]
@@ -262,7 +200,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         "scenario": args.scenario,
         "description": _describe(args),
         "params": vars(params),
-        "machine": _machine(),
+        "machine": machine(),
         "runs": {label: [r.metrics for r in rs] for label, rs in results.items()},
         "summary": summary,
         "ratio": ratios,
@@ -281,6 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.requests import main as requests_main
 
         return requests_main(argv[1:])
+    if argv[:1] == ["shards"]:
+        from bench.shards import main as shards_main
+
+        return shards_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.host and args.scenario == "idle":
         print("redchat-bench: idle needs the process ids; run without --host", file=sys.stderr)

@@ -71,6 +71,7 @@ from typing import Any, Final, TypeVar
 from redis.asyncio import Redis
 
 from bench.load import percentile
+from bench.report import fmt_value, render_rows, say
 from bench.servers import RedchatDeployment, cpu_seconds, raise_fd_limit, rss_kb, run_bench
 
 __all__ = ["main"]
@@ -434,27 +435,10 @@ class Section:
 
     def table(self) -> str:
         head = ["case", *self.columns]
-        rows = [head] + [[case] + [_fmt(v.get(c)) for c in self.columns] for case, v in self.rows]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        lines = []
-        for n, row in enumerate(rows):
-            cells = [row[0].ljust(widths[0])] + [
-                c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
-            ]
-            lines.append("  ".join(cells).rstrip())
-            if n == 0:
-                lines.append("  ".join("-" * w for w in widths))
-        return "\n".join(lines)
-
-
-def _fmt(v: Value | None) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, str):
-        return v
-    if float(v).is_integer():
-        return f"{int(v):,}"
-    return f"{v:,.2f}"
+        rows = [head] + [
+            [case] + [fmt_value(v.get(c)) for c in self.columns] for case, v in self.rows
+        ]
+        return render_rows(rows)
 
 
 def _lat(ns: list[int]) -> dict[str, Value]:
@@ -597,14 +581,14 @@ class Attacks:
                 if name not in self.opts.only:
                     continue
                 started = time.monotonic()
-                _say(f"{name} ...")
+                say(f"{name} ...")
                 try:
                     await phases[name]()
                 except (OSError, ConnectionError, TimeoutError, RuntimeError) as exc:
                     self.problems.append(f"{name}: {type(exc).__name__}: {exc}")
                 finally:
                     self.close_all()
-                _say(f"{name} done in {time.monotonic() - started:.0f} s")
+                say(f"{name} done in {time.monotonic() - started:.0f} s")
                 await asyncio.sleep(0.5)
         finally:
             self.close_all()
@@ -1206,10 +1190,6 @@ def _peek_welcome(sock: socket.socket) -> dict[str, Any]:
     except ValueError:
         return {}
     return ev if isinstance(ev, dict) else {}
-
-
-def _say(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 def _ints(raw: str) -> tuple[int, ...]:

@@ -27,7 +27,11 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS
+from redis.crc import key_slot
+
 from bench.servers import Target, cpu_seconds, rss_kb
+from gateway.store.keys import Keys, hash_tag
 
 __all__ = [
     "BenchClient",
@@ -36,10 +40,12 @@ __all__ = [
     "RunResult",
     "percentile",
     "run_scenario",
+    "spread_rooms",
 ]
 
 monotonic_ns = time.monotonic_ns
 GENERAL: Final = "#general"
+KEYS: Final = Keys()
 PASSWORD: Final = "bench-pw"
 
 
@@ -57,6 +63,7 @@ class Params:
     concurrency: int = 200  # logins in flight while setting up
     timeout_s: float = 30.0  # give up when nothing arrives for this long
     text_bytes: int = 0  # padding added to each message text
+    rooms: int = 6  # rooms: public rooms, one sender each, the receivers split over them
 
 
 # ---------------------------------------------------------------------------
@@ -202,6 +209,9 @@ class BenchClient(asyncio.Protocol):
         self.rate_per_s = 0.0
         self.watchers: list[DeliveryCheck] = []  # the checks that expect this sender
         self.lag_ceiling = run.params.max_lag
+        # requests other than sends: rid -> the answer's future (see ``request``)
+        self.replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.next_rid = 1000
 
     # -- asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -257,7 +267,16 @@ class BenchClient(asyncio.Protocol):
                 self.run.problems.append(f"{self.name}: unreadable line {line[:80]!r}")
                 continue
             kind = ev.get("type")
-            if kind == "message":
+            reply = self.replies.pop(ev.get("rid"), None) if self.replies else None
+            if reply is not None:  # the answer to a ``request``
+                if reply.done():  # given up on already
+                    continue
+                if kind == "error":
+                    what = f"{self.name}: error {ev.get('code')}: {ev.get('message')}"
+                    reply.set_exception(ConnectionError(what))
+                else:
+                    reply.set_result(ev)
+            elif kind == "message":
                 m = self.run.pattern.search(line)
                 if m is not None and self.check is not None:
                     ms, sq, sender, seq, sent = m.groups()
@@ -317,6 +336,16 @@ class BenchClient(asyncio.Protocol):
         self.transport.write(b"".join(out))
         run.total_sent += limit - self.sent
         self.sent = limit
+
+    async def request(self, obj: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Send an op with a fresh ``rid`` and wait for the answer carrying it (an error
+        answer raises ``ConnectionError``)."""
+        rid = self.next_rid
+        self.next_rid += 1
+        answer = asyncio.get_running_loop().create_future()
+        self.replies[rid] = answer
+        self.write_obj({**obj, "rid": rid})
+        return await asyncio.wait_for(answer, timeout_s)
 
     def close(self) -> None:
         if self.transport is not None:
@@ -566,6 +595,59 @@ async def direct(target: Target, run: Run) -> dict[str, float]:
     return await _measured_stream(target, run, "direct", clients, checks, clients, sent, sent)
 
 
+def spread_rooms(tag: str, count: int) -> list[str]:
+    """``count`` room names whose cluster slots lie near the middles of ``count``
+    equal slot ranges, so that any cluster splitting the slots evenly over its
+    primaries (as ``start_redis_cluster`` does) holds them as evenly as it can:
+    6 rooms are 6 on one shard, 3 + 3 on two, 2 + 2 + 2 on three."""
+    names = []
+    for k in range(count):
+        middle = (2 * k + 1) * SLOTS // (2 * count)
+        reach = max(1, SLOTS // (16 * count))
+        n = 0
+        while True:
+            name = f"#{tag}-{k}-{n}"
+            if abs(key_slot(hash_tag(KEYS.stream(name)).encode()) - middle) <= reach:
+                break
+            n += 1
+        names.append(name)
+    return names
+
+
+async def rooms(target: Target, run: Run) -> dict[str, float]:
+    """Fan-out spread over ``rooms`` public rooms (so over a cluster's shards): sender k
+    makes room k and sends to it; receiver j joins room j mod ``rooms``."""
+    p = run.params
+    t = run.tag
+    names = spread_rooms(t, p.rooms)
+    rx = await _login_all(
+        target,
+        run,
+        [
+            (f"{t}r{j}", DeliveryCheck((j % p.rooms,), p.messages, latencies=run.latencies))
+            for j in range(p.receivers)
+        ],
+    )
+    tx = await _login_all(
+        target, run, [(f"{t}s{k}", DeliveryCheck((k,), p.messages, own=k)) for k in range(p.rooms)]
+    )
+    for k, s in enumerate(tx):
+        await s.request({"op": "create_room", "room": names[k], "private": False}, p.timeout_s)
+        s.index, s.to, s.total = k, names[k].encode(), p.messages
+    await bounded(
+        [
+            _job(c.request, {"op": "join", "room": names[j % p.rooms]}, p.timeout_s)
+            for j, c in enumerate(rx)
+        ],
+        p.concurrency,
+    )
+    checks = [c.check for c in rx if c.check is not None]
+    sent = p.rooms * p.messages
+    return await _measured_stream(
+        target, run, "rooms", tx, checks, rx + tx, sent, p.receivers * p.messages
+    )
+
+
 async def _measured_stream(
     target: Target,
     run: Run,
@@ -695,7 +777,7 @@ async def idle(target: Target, run: Run) -> dict[str, float]:
         "login_s": round(secs, 2),
         "fresh_processes": 1.0 if fresh else 0.0,
     }
-    gws = [n for n in pids if n != "redis"]
+    gws = [n for n in pids if not n.startswith("redis")]
     if gws:
         metrics["rss_kb_per_conn.servers"] = round(sum(after[n] - before[n] for n in gws) / k, 2)
         for n in gws:
@@ -713,13 +795,17 @@ SCENARIOS: Final[dict[str, Callable[[Target, Run], Awaitable[dict[str, float]]]]
     "connect": connect_storm,
     "idle": idle,
 }
+# Scenarios the baseline server cannot run (it knows no rooms): not in ``SCENARIOS``.
+REDCHAT_ONLY: Final[dict[str, Callable[[Target, Run], Awaitable[dict[str, float]]]]] = {
+    "rooms": rooms,
+}
 
 
 async def run_scenario(target: Target, scenario: str, tag: str, params: Params) -> RunResult:
     run = Run(tag, params)
     result = RunResult(target.label, scenario)
     try:
-        result.metrics = await SCENARIOS[scenario](target, run)
+        result.metrics = await (SCENARIOS | REDCHAT_ONLY)[scenario](target, run)
     except (ConnectionError, OSError, TimeoutError) as exc:
         run.problems.append(f"{type(exc).__name__}: {exc}")
     finally:

@@ -57,10 +57,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import secrets
-import statistics
 import sys
 import time
 from collections import Counter, deque
@@ -69,6 +66,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 from bench.load import percentile
+from bench.report import machine, median_metrics, render_rows, say
 from bench.servers import RedchatDeployment, cpu_seconds, raise_fd_limit, run_bench
 
 __all__ = ["main"]
@@ -486,7 +484,7 @@ async def run(opts: Options) -> dict[str, Any]:
                 metrics, errs = await run_once(dep, framing, users, partners, opts)
                 runs[framing].append(metrics)
                 errors.update(f"{framing}: {e}" for e in errs.elements())
-                _say(
+                say(
                     f"run {r + 1}/{opts.repeat} {framing}: {metrics['requests_per_s']:,.0f}"
                     f" req/s, p50 {metrics['latency_p50_ms']:.2f} ms"
                     + (f", {sum(errs.values())} error(s)" if errs else "")
@@ -498,7 +496,7 @@ async def run(opts: Options) -> dict[str, Any]:
         raise
     finally:
         await asyncio.to_thread(dep.stop)
-    summary = {f: _median(rs) for f, rs in runs.items()}
+    summary = {f: median_metrics(rs, 4) for f, rs in runs.items()}
     ratio = {
         k: round(v / summary["json"][k], 3)
         for k, v in summary["http"].items()
@@ -506,30 +504,13 @@ async def run(opts: Options) -> dict[str, Any]:
     }
     return {
         "options": asdict(opts),
-        "machine": _machine(),
+        "machine": machine(),
         "runs": runs,
         "summary": summary,
         "ratio_http_to_json": ratio,
         "ok": not errors,
         "errors": [{"what": what, "count": n} for what, n in errors.most_common()],
     }
-
-
-def _median(runs: list[dict[str, float]]) -> dict[str, float]:
-    keys = list(runs[0]) if runs else []
-    return {k: round(statistics.median(r[k] for r in runs), 4) for k in keys}
-
-
-def _machine() -> dict[str, Any]:
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(
-                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?"
-            )
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 # ---------------------------------------------------------------------------
@@ -574,20 +555,7 @@ def table(summary: dict[str, dict[str, float]], ratio: dict[str, float]) -> str:
                 f"{ratio[key]:.2f}x" if key in ratio else "-",
             ]
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = []
-    for n, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
-        ]
-        lines.append("  ".join(cells))
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _say(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+    return render_rows(rows)
 
 
 def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:

@@ -1,9 +1,10 @@
 """The servers a benchmark run talks to: a redchat deployment it starts, or the baseline.
 
-``RedchatDeployment`` starts a redis-server (through ``gateway.embedded_redis``,
-the one launcher) and N gateway processes sharing one free port (SO_REUSEPORT),
-all in a temporary folder and never on 6379, with the per-connection send-rate
-cap off so the bench measures throughput, not the cap;
+``RedchatDeployment`` starts a redis-server, or a Redis Cluster of N primaries
+(through ``gateway.embedded_redis``, the one launcher), and N gateway processes
+sharing one free port (SO_REUSEPORT), all in a temporary folder and never on
+6379, with the per-connection send-rate cap off so the bench measures
+throughput, not the cap;
 ``BaselineProcess`` starts ``bench.baseline``; ``External`` is a deployment someone
 else runs (no process ids, so no memory or CPU figures). Each knows the pids whose
 RSS and CPU the report shows, read from /proc.
@@ -25,7 +26,13 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.embedded_redis import RedisProcess, free_port, start_redis_server
+from gateway.embedded_redis import (
+    RedisClusterProcess,
+    RedisProcess,
+    free_port,
+    start_redis_cluster,
+    start_redis_server,
+)
 
 T = TypeVar("T")
 
@@ -168,35 +175,57 @@ class External(Target):
 
 
 class RedchatDeployment(Target):
+    """Gateways on one redis-server (``shards`` 0, the default), or on a Redis Cluster
+    of ``shards`` primaries without replicas, the gateways then started with
+    ``--redis-cluster``."""
+
     label = "redchat"
 
     def __init__(
-        self, gateways: int = 2, uvloop: bool = True, extra_args: list[str] | None = None
+        self,
+        gateways: int = 2,
+        uvloop: bool = True,
+        extra_args: list[str] | None = None,
+        shards: int = 0,
     ) -> None:
         self.gateways = gateways
         self.uvloop = uvloop
         self.extra_args = extra_args or []
+        self.shards = shards
         self.dir = Path(tempfile.mkdtemp(prefix="redchat-bench-"))
         self.port = free_port()
         self.redis_port = free_port()
         self.redis: RedisProcess | None = None
+        self.cluster: RedisClusterProcess | None = None
+        self._cluster_url = ""
         self.procs: list[subprocess.Popen[bytes]] = []
 
     @property
     def redis_url(self) -> str:
+        """The redis-server's URL; for a cluster, a seed node's."""
+        if self.shards:
+            return self._cluster_url
         return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def redis_pids(self) -> dict[str, int]:
+        """``redis`` -> the redis-server's pid; for a cluster, ``redis1``.. -> each node's."""
+        if self.cluster is not None:
+            return {f"redis{i + 1}": node.pid for i, node in enumerate(self.cluster.nodes)}
+        return {} if self.redis is None else {"redis": self.redis.pid}
 
     def server_pids(self) -> dict[str, int]:
         pids = {f"gw{i + 1}": p.pid for i, p in enumerate(self.procs)}
-        if self.redis is not None:
-            pids["redis"] = self.redis.pid
-        return pids
+        return pids | self.redis_pids()
 
     def gateway_pids(self) -> list[int]:
         return [p.pid for p in self.procs]
 
     def start(self) -> RedchatDeployment:
-        self.redis = start_redis_server(self.dir, port=self.redis_port, persist=False, save="")
+        if self.shards:
+            self.cluster = start_redis_cluster(self.dir / "cluster", primaries=self.shards)
+            self._cluster_url = self.cluster.url
+        else:
+            self.redis = start_redis_server(self.dir, port=self.redis_port, persist=False, save="")
         self._start_gateways()
         return self
 
@@ -217,6 +246,7 @@ class RedchatDeployment(Target):
                 "--scrypt-n", "1024",
                 "--log-level", "WARNING",
                 "--uvloop" if self.uvloop else "--no-uvloop",
+                *(["--redis-cluster"] if self.shards else []),
                 *self.extra_args,
             ]  # fmt: skip
             with open(self.dir / f"gw{i}.log", "ab") as log:
@@ -251,6 +281,8 @@ class RedchatDeployment(Target):
             _stop(proc)
         if self.redis is not None:
             self.redis.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from bench.load import DeliveryCheck
+from gateway.embedded_redis import find_cluster_redis_server
 from tests.support import ROOT
 
 TINY = {
@@ -52,6 +53,39 @@ def test_scenario_runs_and_checks_delivery(scenario: str) -> None:
     if scenario == "idle":
         assert summary["redchat"]["connections"] == 20
         assert "rss_kb_per_conn.servers" in summary["redchat"]
+
+
+@pytest.mark.skipif(
+    find_cluster_redis_server() is None,
+    reason="shards starts Redis Clusters: needs redis-server 7 or newer (sharded pub/sub)",
+)
+def test_shards_runs_every_setup_and_checks_delivery() -> None:
+    code, report = bench(
+        "shards",
+        *("--receivers", "3", "--senders", "2", "--messages", "10"),
+        *("--pairs", "2", "--dm-messages", "5"),
+        *("--rooms", "2", "--room-messages", "5"),
+        *("--repeat", "1"),
+    )
+    assert code == 0, (report["problems"], report["gateway_logs"])
+    assert report["ok"] is True and report["problems"] == []
+    summary = report["summary"]
+    assert isinstance(summary, dict)
+    setups = {"redis-server": 0, "cluster, 1 shard": 1, "cluster, 2 shards": 2}
+    setups["cluster, 3 shards"] = 3
+    assert list(summary) == list(setups)
+    expected = {"fanout": 3 * 2 * 10, "direct": 2 * 2 * 5, "rooms": 3 * 5}
+    for setup, shards in setups.items():
+        assert set(summary[setup]) == set(expected)
+        for scenario, deliveries in expected.items():
+            figures = summary[setup][scenario]
+            assert figures["deliveries"] == deliveries, (setup, scenario)
+            per_shard = sorted(k for k in figures if k.startswith("cpu_s.redis"))
+            names = ["redis"] if shards == 0 else [f"redis{i + 1}" for i in range(shards)]
+            assert per_shard == [f"cpu_s.{n}" for n in names], (setup, scenario)
+            assert all(f"redis_ms_per_1k.{n}" in figures for n in names)
+            assert "server_cpu_us_per_delivery" in figures
+            assert "busiest_shard_ms_per_1k" in figures and "all_shards_ms_per_1k" in figures
 
 
 # -- the checker itself --------------------------------------------------------
