@@ -5,8 +5,13 @@ It speaks the JSON lines of docs/protocol.md that the benchmark uses (``login``,
 ``ack``, live ``message``, ``error``) and nothing else: no Redis, no persistence, no
 bounded outboxes, no second process. It is what a careful programmer would write
 in an afternoon with asyncio streams: parse each line with ``json``, encode each
-message once, write it to every recipient. redchat's figures are reported as
-ratios to this server's, measured in the same run on the same machine.
+message once (``json.dumps`` per message, not per recipient), and ``writer.write``
+it to every recipient, one call per message per connection. Nothing is coalesced:
+no batching of messages into one write, no timers, no ``drain``; the only
+buffering is the transport's own, when a socket's kernel buffer is full. It runs on
+uvloop only when the gateways do (``--uvloop``/``--no-uvloop`` is passed to both by
+``redchat-bench``). redchat's figures are reported as ratios to this server's,
+measured in the same run on the same machine.
 
 Memory: #general's messages (the last ``HISTORY_MAX``) and each user's cursor, so
 a login storm can replay unread messages as redchat does. Direct messages are

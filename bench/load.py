@@ -35,6 +35,7 @@ from gateway.store.keys import Keys, hash_tag
 
 __all__ = [
     "BenchClient",
+    "CostMeter",
     "DeliveryCheck",
     "Params",
     "RunResult",
@@ -62,8 +63,11 @@ class Params:
     max_lag: int = 500  # messages a sender may be ahead of its slowest receiver
     concurrency: int = 200  # logins in flight while setting up
     timeout_s: float = 30.0  # give up when nothing arrives for this long
-    text_bytes: int = 0  # padding added to each message text
+    text_bytes: int = 0  # pad each message text with dots up to this many bytes (0: none)
     rooms: int = 6  # rooms: public rooms, one sender each, the receivers split over them
+    client_shape: str = "lean"  # fanout/direct clients: "lean" protocols or "streams"
+    member_rooms: int = 0  # idle: public rooms each user is in (redchat only)
+    room_pool: int = 50  # idle: public rooms made for them to be in
 
 
 # ---------------------------------------------------------------------------
@@ -178,8 +182,9 @@ class Run:
         self.clients: list[BenchClient] = []
 
     def text(self, sender: int, seq: int, now_ns: int) -> bytes:
-        pad = b"." * self.params.text_bytes
-        return b"%s:%d:%d:%d%s" % (self.tag.encode(), sender, seq, now_ns, pad)
+        """A message's text, padded with dots up to ``text_bytes``."""
+        text = b"%s:%d:%d:%d" % (self.tag.encode(), sender, seq, now_ns)
+        return text + b"." * (self.params.text_bytes - len(text))
 
 
 ACK: Final = b'"type":"ack"'
@@ -326,7 +331,7 @@ class BenchClient(asyncio.Protocol):
             return
         now = monotonic_ns()
         tag = run.tag.encode()
-        pad = b"." * run.params.text_bytes
+        pad = b"." * (run.params.text_bytes - len(run.text(self.index, self.sent, now)))
         out = [
             b'{"op":"send","to":"%s","text":"%s:%d:%d:%d%s"}\n'
             % (self.to, tag, self.index, seq, now, pad)
@@ -743,14 +748,51 @@ async def connect_storm(target: Target, run: Run) -> dict[str, float]:
     }
 
 
+def member_rooms(tag: str, user: int, each: int, pool: int) -> list[str]:
+    """The ``each`` rooms of a pool of ``pool`` that user number ``user`` is in:
+    ``user``, ``user + 1``, ... modulo ``pool``, so every room gets as many members."""
+    return [f"#{tag}-m{(user + k) % pool}" for k in range(each)]
+
+
+async def _join_rooms(target: Target, run: Run, names: list[str]) -> None:
+    """Make ``room_pool`` public rooms (one owner makes them all), then put user number
+    i of ``names`` in its ``member_rooms`` of them: each user logs in, joins, leaves."""
+    p = run.params
+    pool = max(p.room_pool, p.member_rooms)
+    owner = (await _login_all(target, run, [(f"{run.tag}o", None)]))[0]
+    for k in range(pool):
+        room = f"#{run.tag}-m{k}"
+        await owner.request({"op": "create_room", "room": room, "private": False}, p.timeout_s)
+    owner.close()
+
+    async def one(i: int, name: str) -> None:
+        c = BenchClient(run, name)
+        await login(target, c, name, p.timeout_s)
+        for room in member_rooms(run.tag, i, p.member_rooms, pool):
+            await c.request({"op": "join", "room": room}, p.timeout_s)
+        c.close()
+        joined.append(i)
+
+    joined: list[int] = []
+    with Progress(f"join {p.member_rooms} rooms each", len(names), lambda: len(joined)):
+        await bounded([_job(one, i, n) for i, n in enumerate(names)], p.concurrency)
+    await asyncio.sleep(0.1)
+
+
 async def idle(target: Target, run: Run) -> dict[str, float]:
-    """K logged-in idle connections: resident memory each, per server process."""
+    """K logged-in idle connections: resident memory each, per server process. With
+    ``member_rooms`` (redchat only), each user is in that many public rooms first."""
     p = run.params
     names = [f"{run.tag}i{i}" for i in range(p.connections)]
     fresh = False
+    if p.member_rooms and target.label != "redchat":
+        raise ConnectionError(f"{target.label} has no rooms: idle with rooms is redchat only")
     if target.label == "redchat":
         # Accounts first, then fresh gateways: what is left is the cost of connections.
-        await _create_accounts(target, run, names)
+        if p.member_rooms:
+            await _join_rooms(target, run, names)
+        else:
+            await _create_accounts(target, run, names)
         fresh = await asyncio.to_thread(target.restart_gateways)
     await asyncio.sleep(1.0)
     pids = target.server_pids()
@@ -771,9 +813,17 @@ async def idle(target: Target, run: Run) -> dict[str, float]:
     alive = sum(1 for c in done if not c.closed)
     if alive != len(names):
         run.problems.append(f"{len(names) - alive} idle connection(s) were closed")
+    if p.member_rooms and done:
+        # After the memory reading: the gateway knows each session's rooms.
+        for c in (done[0], done[-1]):
+            listed = (await c.request({"op": "rooms"}, p.timeout_s)).get("rooms", [])
+            mine = sum(1 for r in listed if r.get("member") and r.get("room") != GENERAL)
+            if mine != p.member_rooms:
+                run.problems.append(f"{c.name}: in {mine} rooms, expected {p.member_rooms}")
     k = max(1, len(names))
     metrics: dict[str, float] = {
         "connections": alive,
+        "rooms_each": p.member_rooms,
         "login_s": round(secs, 2),
         "fresh_processes": 1.0 if fresh else 0.0,
     }
@@ -804,8 +854,13 @@ REDCHAT_ONLY: Final[dict[str, Callable[[Target, Run], Awaitable[dict[str, float]
 async def run_scenario(target: Target, scenario: str, tag: str, params: Params) -> RunResult:
     run = Run(tag, params)
     result = RunResult(target.label, scenario)
+    fn = (SCENARIOS | REDCHAT_ONLY)[scenario]
+    if params.client_shape == "streams" and scenario in ("fanout", "direct"):
+        from bench import streams
+
+        fn = streams.SCENARIOS[scenario]
     try:
-        result.metrics = await (SCENARIOS | REDCHAT_ONLY)[scenario](target, run)
+        result.metrics = await fn(target, run)
     except (ConnectionError, OSError, TimeoutError) as exc:
         run.problems.append(f"{type(exc).__name__}: {exc}")
     finally:

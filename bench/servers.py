@@ -47,17 +47,16 @@ __all__ = [
 ]
 
 
-def run_bench(main: Coroutine[Any, Any, T]) -> T:
-    """Run a bench's main coroutine (on uvloop when installed); SIGTERM takes the
-    Ctrl-C path, whose ``finally`` stops every server started."""
+def run_bench(main: Coroutine[Any, Any, T], uvloop: bool = True) -> T:
+    """Run a bench's main coroutine (on uvloop when installed, unless ``uvloop`` is
+    false); SIGTERM takes the Ctrl-C path, whose ``finally`` stops every server started."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     runner: Callable[[Coroutine[Any, Any, T]], T] = asyncio.run
-    try:
-        import uvloop
+    if uvloop:
+        with contextlib.suppress(ImportError):
+            import uvloop as uv
 
-        runner = uvloop.run
-    except ImportError:
-        pass
+            runner = uv.run
     return runner(main)
 
 

@@ -55,6 +55,44 @@ def test_scenario_runs_and_checks_delivery(scenario: str) -> None:
         assert "rss_kb_per_conn.servers" in summary["redchat"]
 
 
+def test_compare_runs_both_client_shapes_and_checks_delivery() -> None:
+    """``compare``: fan-out with lean and with stream (readline) clients, each on
+    redchat and on the baseline, in one invocation."""
+    tiny = TINY["fanout"]
+    code, report = bench("compare", "--gateways", "2", *tiny, "--text-bytes", "40")
+    assert code == 0, (report["problems"], report["gateway_logs"])
+    assert report["ok"] is True and report["problems"] == []
+    summary = report["summary"]
+    assert isinstance(summary, dict) and list(summary) == ["lean", "streams"]
+    for shape in ("lean", "streams"):
+        assert set(summary[shape]) == {"redchat", "baseline"}
+        for target in ("redchat", "baseline"):
+            figures = summary[shape][target]
+            assert figures["deliveries"] == 3 * 2 * 20, (shape, target)
+            assert "server_cpu_us_per_delivery" in figures
+    params = report["params"]
+    assert isinstance(params, dict)
+    assert params["lean"]["window"] == 32 and params["streams"]["window"] == 50
+
+
+def test_streams_shape_direct_checks_delivery() -> None:
+    code, report = bench("direct", "--client-shape", "streams", *TINY["direct"], "--window", "3")
+    assert code == 0, (report["problems"], report["gateway_logs"])
+    summary = report["summary"]
+    assert isinstance(summary, dict)
+    assert summary["redchat"]["deliveries"] == summary["baseline"]["deliveries"] == 2 * 2 * 10
+
+
+def test_idle_with_rooms_runs_on_redchat_only() -> None:
+    code, report = bench("idle", "--gateways", "1", "--connections", "20", "--rooms", "5")
+    assert code == 0, (report["problems"], report["gateway_logs"])
+    summary = report["summary"]
+    assert isinstance(summary, dict) and set(summary) == {"redchat"}
+    figures = summary["redchat"]
+    assert figures["connections"] == 20 and figures["rooms_each"] == 5
+    assert "rss_kb_per_conn.servers" in figures
+
+
 @pytest.mark.skipif(
     find_cluster_redis_server() is None,
     reason="shards starts Redis Clusters: needs redis-server 7 or newer (sharded pub/sub)",
