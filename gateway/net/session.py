@@ -112,6 +112,8 @@ _ALLOWED: Final = {
 class TokenBucket:
     """``rate`` per second with a burst of ``burst``; rate 0 means unlimited."""
 
+    __slots__ = ("at", "burst", "rate", "tokens")
+
     def __init__(self, rate: float, burst: float) -> None:
         self.rate = rate
         self.burst = max(1.0, burst)
@@ -132,6 +134,17 @@ class TokenBucket:
 
 
 class Session(asyncio.Protocol):
+    # Slots: a gateway holds one per connection, and with more attributes than
+    # CPython shares keys for, each instance dict took about 2 KB.
+    __slots__ = (
+        "_counted", "_eof", "_errors", "_first", "_heartbeat_at", "_held", "_held_bytes",
+        "_held_events", "_lingering", "_reading_paused", "_reads", "_request_began",
+        "_room_changes", "_room_worker", "_sends", "_token", "_token_checked", "_token_task",
+        "_upload_bytes", "_worker", "base_url", "codec", "created", "ctx", "gw", "http",
+        "joined_ms", "last_heard", "last_sent", "outbox", "peer", "peer_address", "rooms",
+        "settings", "state", "token_id", "transport", "user",
+    )  # fmt: skip
+
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self.settings = s = gateway.settings
