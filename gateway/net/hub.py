@@ -74,7 +74,14 @@ class Route:
     user: str | None
     sessions: set[Session] = field(default_factory=set)
     room: str | None = None  # set for a room's channel (other than #general)
-    confirmed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set once Redis confirmed the subscription, then dropped (None): an Event holds a
+    # deque of 760 bytes, and there is a route per logged-in user.
+    pending: asyncio.Event | None = field(default_factory=asyncio.Event)
+
+    def confirm(self) -> None:
+        if self.pending is not None:
+            self.pending.set()
+            self.pending = None
 
 
 class Hub:
@@ -186,7 +193,8 @@ class Hub:
         try:
             async with asyncio.timeout(SUBSCRIBE_WAIT_S):
                 for route in routes:
-                    await route.confirmed.wait()
+                    if (pending := route.pending) is not None:
+                        await pending.wait()
         except BaseException as exc:
             if room is None:
                 self.leave(session)
@@ -202,7 +210,7 @@ class Hub:
             await sub.subscribe([route.channel])
         except SubscriberClosed:
             return  # the link is down: the reconnect resubscribes every route
-        route.confirmed.set()
+        route.confirm()
 
     def _detach(self, session: Session, channel: str) -> None:
         key = channel.encode()
@@ -228,7 +236,7 @@ class Hub:
                 reader = asyncio.create_task(self._read(sub))
                 await sub.subscribe(route.channel for route in list(self._routes.values()))
                 for route in self._routes.values():
-                    route.confirmed.set()
+                    route.confirm()
                 self._sub = sub
                 self._ready.set()
                 log.info("pub/sub connected (%d channels)", len(self._routes))

@@ -109,8 +109,9 @@ class Outbox:
         self._out: list[bytes] = []
         self._bytes = 0
         self._scheduled = False
-        self._drained = asyncio.Event()
-        self._drained.set()
+        # Made when the transport first pauses (an Event holds a deque of 760 bytes,
+        # and most connections never fill their transport's buffer).
+        self._drained: asyncio.Event | None = None
         self.paused_since: float | None = None  # the transport is over its high mark
         self._ended = False  # write_eof: nothing more may be written
         # Replay waits for the client below this mark, well under the outbox bound.
@@ -166,27 +167,32 @@ class Outbox:
 
     # -- pacing -----------------------------------------------------------------------
     def pause_writing(self) -> None:
+        if self._drained is None:
+            self._drained = asyncio.Event()
         self._drained.clear()
         self.paused_since = time.monotonic()
 
     def resume_writing(self) -> None:
-        self._drained.set()
+        if self._drained is not None:
+            self._drained.set()
         self.paused_since = None
 
     def release(self) -> None:
         """The connection is gone: nobody waits on it any more."""
-        self._drained.set()
+        if self._drained is not None:
+            self._drained.set()
         self.discard()
 
     async def drain(self) -> bool:
         """Flush and wait until the client has read below the high mark; False when it
         read nothing for ``stall_s`` (the caller cuts it off)."""
         self.flush()
-        if self._drained.is_set():
+        drained = self._drained
+        if drained is None or drained.is_set():
             return True
         try:
             async with asyncio.timeout(self.stall_s):
-                await self._drained.wait()
+                await drained.wait()
         except TimeoutError:
             return False
         return True
