@@ -184,7 +184,9 @@ class Accounts:
 
     async def display_names(self, users: list[str]) -> list[str | None]:
         """``display_name`` of many, the uncached ones in one round trip."""
-        missing = sorted({u.lower() for u in users} - self._names.keys())
+        # Not ``set - self._names.keys()``: that copies every cached name (up to
+        # _CACHE_MAX) at each call, which made logins slower as users came.
+        missing = sorted({low for low in (u.lower() for u in users) if low not in self._names})
         if missing:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for user in missing:
