@@ -48,7 +48,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.load import SCENARIOS, Params, RunResult, run_scenario
-from bench.report import fmt_value, machine, median_metrics, render_rows
+from bench.report import fmt_value, machine, median_metrics, print_check, render_rows
 from bench.servers import (
     BaselineProcess,
     External,
@@ -385,14 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(_table(report["summary"], report["ratio"]))
         print()
-        if report["ok"]:
-            print("delivery check: OK, every message exactly once and in order")
-        else:
-            print(f"delivery check: FAILED ({len(report['problems'])} problem(s))")
-            for p in report["problems"][:30]:
-                print(f"  {p}")
-            if report["gateway_logs"]:
-                print(report["gateway_logs"][-3000:])
+        print_check(report["ok"], report["problems"])
+        if not report["ok"] and report["gateway_logs"]:
+            print(report["gateway_logs"][-3000:])
     return 0 if report["ok"] else 1
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["fmt_value", "machine", "median_metrics", "render_rows", "say"]
+__all__ = ["fmt_value", "machine", "median_metrics", "print_check", "render_rows", "say"]
 
 
 def machine() -> dict[str, Any]:
@@ -91,3 +91,13 @@ def render_rows(rows: Sequence[Sequence[str]]) -> str:
 def say(text: str) -> None:
     """A timestamped progress line on stderr."""
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def print_check(ok: bool, problems: Sequence[str]) -> None:
+    """The delivery check's verdict, with the first problems when it failed."""
+    if ok:
+        print("delivery check: OK, every message exactly once and in order")
+        return
+    print(f"delivery check: FAILED ({len(problems)} problem(s))")
+    for p in problems[:30]:
+        print(f"  {p}")

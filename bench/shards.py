@@ -54,7 +54,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Final
 
 from bench.load import Params, run_scenario
-from bench.report import fmt_value, machine, median_metrics, render_rows, say
+from bench.report import fmt_value, machine, median_metrics, print_check, render_rows, say
 from bench.servers import RedchatDeployment, raise_fd_limit, run_bench
 from gateway.embedded_redis import find_cluster_redis_server
 
@@ -403,12 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"gateway log lines on {name}: {len(lines)}")
             for ln in lines[:LOG_LINES_SHOWN]:
                 print(f"  {ln[:300]}")
-    if report["ok"]:
-        print("delivery check: OK, every message exactly once and in order")
-    else:
-        print(f"delivery check: FAILED ({len(report['problems'])} problem(s))")
-        for p in report["problems"][:30]:
-            print(f"  {p}")
+    print_check(report["ok"], report["problems"])
     return 0 if report["ok"] else 1
 
 
