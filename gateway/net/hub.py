@@ -272,10 +272,12 @@ class Hub:
             self._dispatch_batch(await sub.read_batch())
 
     def _dispatch_batch(self, batch: list[tuple[bytes, bytes]]) -> None:
-        """Everything one read brought, in order per channel. Consecutive messages of
-        one channel and conversation go to each session as one run: one write and
-        one cursor update per session, not one per message (under load a read
-        carries many)."""
+        """Everything one read brought. Consecutive messages of one channel and
+        conversation go to each session as one run: one write and one cursor update
+        per session, not one per message (under load a read carries many). An event
+        that is not a message (a notice, a warning) goes out after every message
+        that came before it, on any channel: "your scheduled message was sent"
+        after the message."""
         runs: dict[bytes, tuple[Route, str, list[Message]]] = {}
         seen: dict[bytes, Message] = {}  # a direct message comes on both users' channels
         for channel, data in batch:
@@ -285,9 +287,10 @@ class Hub:
             got = self._decode(route, channel, data, seen)
             if got is None:
                 continue
-            if isinstance(got, dict):  # an event for a user: after what came before it
-                if (run := runs.pop(channel, None)) is not None:
-                    self._deliver(*run)
+            if isinstance(got, dict):  # an event for a user: after all that came before it
+                for earlier in runs.values():
+                    self._deliver(*earlier)
+                runs.clear()
                 self._push(route, got)
                 continue
             conversation, msg = got

@@ -61,3 +61,41 @@ async def test_word_that_comes_while_a_read_is_in_flight_reaches_a_new_route() -
     assert new.got == sent
     await hub.stop()
     await redis.aclose()
+
+
+class RecordingSession(FakeSession):
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[str] = []
+
+    def deliver_run(self, conversation: str, run: Any) -> None:
+        self.order += [f"message {m.text}" for m in run.messages]
+
+    def push(self, ev: Any) -> None:
+        self.order.append(f"event {type(ev).__name__}")
+
+
+async def test_an_event_for_a_user_goes_out_after_the_messages_read_before_it() -> None:
+    """One read with a room's messages, then a notice on the user's channel: the
+    messages are handed over as a run, and the notice after them."""
+    redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+    keys = Keys("t")
+    hub = Hub("redis://127.0.0.1:1", keys, Store(redis, keys))  # never started
+    session = RecordingSession()
+    general = keys.room_channel("#general").encode()
+    mine = keys.user_channel("dave").encode()
+    hub._routes[general].sessions.add(session)  # type: ignore[arg-type]
+    hub._routes[mine] = Route(keys.user_channel("dave"), "dave", {session})  # type: ignore[arg-type]
+
+    def message(n: int) -> bytes:
+        return (
+            f'{{"type":"message","id":"{1000 + n}-0","ts":{1000 + n},'
+            f'"from":"dave","to":"#general","text":"m{n}"}}'
+        ).encode()
+
+    notice = b'{"type":"notice","text":"your scheduled message 1a2b3c4d to #general was sent"}'
+    hub._dispatch_batch([(general, message(1)), (general, message(2)), (mine, notice)])
+    hub._dispatch_batch([(general, message(3))])
+    assert session.order == ["message m1", "message m2", "event Notice", "message m3"]
+    await hub.stop()
+    await redis.aclose()
