@@ -538,6 +538,22 @@ def _latency_metrics(run: Run) -> dict[str, float]:
     }
 
 
+def _send_metrics(
+    run: Run, delivered: int, sent: int, seconds: float, costs: dict[str, float]
+) -> dict[str, float]:
+    """The figures of a send phase, whichever clients drove it."""
+    secs = max(seconds, 1e-9)
+    return {
+        "deliveries": delivered,
+        "seconds": round(secs, 3),
+        "deliveries_per_s": round(delivered / secs),
+        "server_cpu_us_per_delivery": _cpu_per(costs, delivered),
+        "messages_per_s": round(sent / secs, 1),
+        **_latency_metrics(run),
+        **costs,
+    }
+
+
 def _cpu_per(costs: dict[str, float], deliveries: int) -> float:
     """Server CPU (every process but the bench) per delivery, in microseconds.
 
@@ -670,17 +686,7 @@ async def _measured_stream(
     costs = meter.result()
     _check_problems(run, everyone)
     _close(everyone)
-    delivered = sum(c.counted for c in checks)
-    secs = max(end - start, 1e-9)
-    return {
-        "deliveries": delivered,
-        "seconds": round(secs, 3),
-        "deliveries_per_s": round(delivered / secs),
-        "server_cpu_us_per_delivery": _cpu_per(costs, delivered),
-        "messages_per_s": round(sent / secs, 1),
-        **_latency_metrics(run),
-        **costs,
-    }
+    return _send_metrics(run, sum(c.counted for c in checks), sent, end - start, costs)
 
 
 async def _create_accounts(target: Target, run: Run, names: list[str]) -> None:

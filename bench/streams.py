@@ -33,8 +33,7 @@ from bench.load import (
     DeliveryCheck,
     Progress,
     Run,
-    _cpu_per,
-    _latency_metrics,
+    _send_metrics,
     bounded,
 )
 from bench.servers import Target
@@ -177,17 +176,7 @@ async def _measured(
             run.problems.extend(c.check.problems(c.name))
         if c.total and c.acks != c.total:
             run.problems.append(f"{c.name}: {c.acks} of {c.total} sends acked")
-    delivered = sum(c.counted for c in checks)
-    secs = max((end - start) / 1e9, 1e-9)
-    return {
-        "deliveries": delivered,
-        "seconds": round(secs, 3),
-        "deliveries_per_s": round(delivered / secs),
-        "server_cpu_us_per_delivery": _cpu_per(costs, delivered),
-        "messages_per_s": round(sent / secs, 1),
-        **_latency_metrics(run),
-        **costs,
-    }
+    return _send_metrics(run, sum(c.counted for c in checks), sent, (end - start) / 1e9, costs)
 
 
 async def fanout(target: Target, run: Run) -> dict[str, float]:
