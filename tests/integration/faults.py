@@ -35,7 +35,9 @@ class Member:
         self.received: list[dict[str, Any]] = []
         self.seen: dict[str, str] = {}
         self.acked: dict[str, str] = {}  # cid -> id
-        self.sent_to: dict[str, str] = {}  # id -> conversation as the sender names it
+        # (id, conversation as the sender names it): ids are per stream, so two
+        # conversations can have a message with the same id.
+        self.sent_to: list[tuple[str, str]] = []
         self.logins = 0
         self.events: list[dict[str, Any]] = []  # everything else: notices, errors
         self._reader: asyncio.Task[None] | None = None
@@ -126,7 +128,7 @@ class Member:
                 await asyncio.sleep(0.2)
         previous = self.acked.setdefault(cid, sid)
         assert previous == sid, f"cid {cid} acked as {previous} and then as {sid}"
-        self.sent_to[sid] = to
+        self.sent_to.append((sid, to))
         return sid
 
     # -- checking -----------------------------------------------------------------
@@ -136,15 +138,12 @@ class Member:
             out[conversation_of(msg, self.user)].append(str(msg["id"]))
         return dict(out)
 
-    def ids(self) -> set[str]:
-        return {str(m["id"]) for m in self.received}
-
 
 def expected_for(members: list[Member]) -> dict[str, dict[str, list[str]]]:
     """Per user, per conversation (reader's name): every acked id, in id order."""
     out: dict[str, dict[str, list[str]]] = {m.user: defaultdict(list) for m in members}
     for sender in members:
-        for sid, to in sender.sent_to.items():
+        for sid, to in dict.fromkeys(sender.sent_to):
             if to.startswith("#"):
                 for m in members:
                     out[m.user][to].append(sid)
@@ -160,9 +159,14 @@ async def wait_delivered(members: list[Member], timeout: float = 30.0) -> None:
     expected = expected_for(members)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all({i for ids in expected[m.user].values() for i in ids} <= m.ids() for m in members):
+        if all(_holds(m, expected[m.user]) for m in members):
             return
         await asyncio.sleep(0.1)
+
+
+def _holds(member: Member, expected: dict[str, list[str]]) -> bool:
+    got = member.by_conversation()
+    return all(set(ids) <= set(got.get(conv, ())) for conv, ids in expected.items())
 
 
 def assert_exactly_once_in_order(members: list[Member]) -> None:
