@@ -7,9 +7,10 @@ login is answered ``rate_limited`` at once.
 
 The throttle (docs/operations.md, "Logins"). The (name, address) counter is taken
 atomically before the password is checked, so concurrent guesses cannot all
-pass; the looser ones are checked first and count wrong passwords afterwards
-(concurrency there is bounded by the pair counter and the scrypt queue), so a
-login storm of right passwords from one address is not mistaken for guessing:
+pass; the looser ones are only checked beforehand and count wrong passwords
+afterwards (concurrency there is bounded by the pair counter and the scrypt
+queue), so a login storm of right passwords from one address is not mistaken
+for guessing:
 - per (name, address): ``login_fail_limit`` (5) attempts that were not right per
   ``login_fail_window_s`` (300 s): one address guessing one name;
 - per address, any name: ``login_fail_per_address`` (50) per window: one
@@ -18,6 +19,19 @@ login storm of right passwords from one address is not mistaken for guessing:
   spread over many addresses. An address the owner logged in from before
   (the last 20 are remembered) is exempt from this one and from the per-address
   one, so a stranger cannot lock the owner out of their own name.
+
+A login is two round trips when all goes well: ``login_begin`` (whether the
+address is known, the pair and per-name counters, the pair's reservation and
+the account, in one step on the user's slot) and, after a right password,
+``login_done`` (the pair's count goes, the address is remembered). The
+per-address counter lives in the address's slot, so from an unknown address it
+is checked in a call of its own after ``login_begin``. That order is still safe:
+that counter is only checked, never reserved, so nothing about it depends on
+when; and if it refuses, the pair's reservation is given back as on any other
+refusal, so the attempt counts nowhere, as if it had been checked first. While
+held, the reservation can only make a concurrent attempt on the same pair wait,
+never let one more through. When the user's counters and the address's both
+refuse, the refusal is now the user's ("for <name>", with its ``retry_after``).
 """
 
 from __future__ import annotations
@@ -208,23 +222,21 @@ class Accounts:
     async def login(self, user: str, password: str, address: str = "") -> Account:
         """Claim ``user`` with ``password``, or check the password of a claimed name."""
         k, lim = self.keys, self.limits
-        known = bool(address) and (
-            await self.redis.zscore(k.known_addresses(user), address) is not None
-        )
         pair, name_key = k.login_failures(user, address), k.login_failures(user)
         addr_key = k.address_failures(address) if address else None
-        if addr_key is not None and not known:
-            await self._attempt(
-                [addr_key], [lim.per_address, lim.window_s, "check"], "from your address"
-            )
-        per_name = 0 if known else lim.per_name
-        await self._attempt(
-            [pair, name_key],
-            [lim.fail_limit, lim.window_s, "reserve", per_name, lim.window_s, "check"],
-            f"for {user}",
+        denied, retry, known, name, pw_hash = await self.scripts.call(
+            "login_begin",
+            [k.known_addresses(user), pair, name_key, k.account(user)],
+            [address, lim.fail_limit, lim.window_s, lim.per_name],
         )
+        if denied:
+            raise _throttled(f"for {user}", retry)
         try:
-            account = await self._check(user, password, first=known)
+            if addr_key is not None and not known:
+                await self._attempt(
+                    [addr_key], [lim.per_address, lim.window_s, "check"], "from your address"
+                )
+            account = await self._check(user, password, name, pw_hash, first=bool(known))
         except ClientError as exc:
             if exc.code == "bad_password":  # a wrong guess: it counts everywhere
                 await self._count_failure(name_key, addr_key)
@@ -234,20 +246,17 @@ class Accounts:
         except BaseException:
             await asyncio.shield(self.scripts.call("login_ok", [pair], [0]))
             raise
-        # The right password: the pair's count goes (the owner is in).
-        await self.scripts.call("login_ok", [pair], [1])
-        if address:
-            await self._remember_address(user, address)
+        # The right password: the pair's count goes (the owner is in) and the
+        # address is remembered, in one step.
+        await self.scripts.call(
+            "login_done", [pair, k.known_addresses(user)], [address, now_ms(), KNOWN_ADDRESSES_KEPT]
+        )
         return account
 
     async def _attempt(self, keys: list[str], args: list[int | str], which: str) -> None:
         denied, retry = await self.scripts.call("login_attempt", keys, args)
         if denied:
-            raise ClientError(
-                "rate_limited",
-                f"too many failed logins {which}; try again in {int(retry)} s",
-                retry_after=int(retry),
-            )
+            raise _throttled(which, retry)
 
     async def _count_failure(self, name_key: str, addr_key: str | None) -> None:
         window = self.limits.window_s
@@ -255,24 +264,29 @@ class Accounts:
         if addr_key is not None:
             await self.scripts.call("login_attempt", [addr_key], [0, window, "reserve"])
 
-    async def _remember_address(self, user: str, address: str) -> None:
-        key = self.keys.known_addresses(user)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(key, {address: now_ms()})
-            pipe.zremrangebyrank(key, 0, -KNOWN_ADDRESSES_KEPT - 1)
-            await pipe.execute()
-
-    async def _check(self, user: str, password: str, first: bool = False) -> Account:
-        account_key = self.keys.account(user)
-        stored = await self.redis.hmget(account_key, ["name", "pw"])
-        if stored[1] is None:
+    async def _check(
+        self, user: str, password: str, name: str | None, pw_hash: str | None, first: bool = False
+    ) -> Account:
+        """Check ``password`` against the account ``login_begin`` read (``pw_hash``
+        None: nobody has claimed ``user`` yet, so claim it)."""
+        if pw_hash is None:
+            account_key = self.keys.account(user)
             pw = await self._hash().run(hash_password, password, self.limits.scrypt_n)
             if await self.scripts.call("claim", [account_key], [user, pw, now_ms()]):
                 self._remember(user)
                 return Account(user, new=True)
-            stored = await self.redis.hmget(account_key, ["name", "pw"])
-        name, pw_hash = str(stored[0]), str(stored[1])
+            stored = await self.redis.hmget(account_key, ["name", "pw"])  # theirs, who won
+            name, pw_hash = str(stored[0]), str(stored[1])
+        name = str(name)
         if await self._hash().run(verify_password, password, pw_hash, first=first):
             self._remember(name)
             return Account(name, new=False)
         raise ClientError("bad_password", f"wrong password for {name}")
+
+
+def _throttled(which: str, retry: int) -> ClientError:
+    return ClientError(
+        "rate_limited",
+        f"too many failed logins {which}; try again in {int(retry)} s",
+        retry_after=int(retry),
+    )

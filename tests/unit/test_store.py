@@ -55,6 +55,111 @@ async def test_failed_logins_are_throttled(store: Store) -> None:
     assert 0 < err.value.extra["retry_after"] <= 300
 
 
+class RoundTrips:
+    """Counts what a client sends to Redis: each command alone, each pipeline once."""
+
+    def __init__(self, redis: fakeredis.FakeAsyncRedis, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        send, open_pipeline = redis.execute_command, redis.pipeline
+
+        async def execute_command(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return await send(*args, **kwargs)
+
+        def pipeline(*args: Any, **kwargs: Any) -> Any:
+            pipe = open_pipeline(*args, **kwargs)
+            run = pipe.execute
+
+            async def execute(*a: Any, **kw: Any) -> Any:
+                self.count += 1
+                return await run(*a, **kw)
+
+            pipe.execute = execute  # type: ignore[method-assign]
+            return pipe
+
+        monkeypatch.setattr(redis, "execute_command", execute_command)
+        monkeypatch.setattr(redis, "pipeline", pipeline)
+
+    def take(self) -> int:
+        count, self.count = self.count, 0
+        return count
+
+
+async def test_a_login_from_a_known_address_is_two_round_trips(
+    store: Store, redis: fakeredis.FakeAsyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.accounts.login("Erin", "pw", "10.0.0.1")  # claims; loads the scripts
+    trips = RoundTrips(redis, monkeypatch)
+    pair = store.keys.login_failures("erin", "10.0.0.2")
+    account = await store.accounts.login("erin", "pw", "10.0.0.2")
+    # Unknown: the address's own counter is one more.
+    assert (account.name, account.new, trips.take()) == ("Erin", False, 3)
+    assert await redis.get(pair) is None
+    before = await redis.zscore(store.keys.known_addresses("erin"), "10.0.0.2")
+    await asyncio.sleep(0.002)
+    trips.take()  # not the test's own reads
+    account = await store.accounts.login("erin", "pw", "10.0.0.2")
+    assert (account.name, account.new, trips.take()) == ("Erin", False, 2)
+    assert await redis.get(pair) is None
+    after = await redis.zscore(store.keys.known_addresses("erin"), "10.0.0.2")
+    assert before is not None and after is not None and after > before
+
+
+async def test_a_login_keeps_the_last_known_addresses(
+    store: Store, redis: fakeredis.FakeAsyncRedis
+) -> None:
+    for i in range(22):
+        await store.accounts.login("fay", "pw", f"10.0.1.{i}")
+        await asyncio.sleep(0.002)  # scored by the ms: no ties
+    await store.accounts.login("fay", "pw")  # no address: nothing to remember
+    known = await redis.zrange(store.keys.known_addresses("fay"), 0, -1)
+    assert known == [f"10.0.1.{i}" for i in range(2, 22)]
+
+
+async def test_a_known_address_is_exempt_from_the_per_name_limit(
+    redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    limits = LoginLimits(scrypt_n=1024, fail_limit=3, per_name=2, per_address=1000)
+    store = Store(redis, Keys("t"), login=limits)
+    await store.accounts.login("gus", "right", "10.0.0.1")
+    for address in ("10.0.0.2", "10.0.0.3"):
+        with pytest.raises(ClientError) as err:
+            await store.accounts.login("gus", "wrong", address)
+        assert err.value.code == "bad_password"
+    with pytest.raises(ClientError) as err:
+        await store.accounts.login("gus", "right", "10.0.0.4")
+    assert err.value.code == "rate_limited" and "for gus" in err.value.message
+    assert await redis.get(store.keys.login_failures("gus", "10.0.0.4")) is None
+    owner = await store.accounts.login("gus", "right", "10.0.0.1")
+    assert owner.name == "gus" and not owner.new
+
+
+async def test_an_address_past_its_limit_is_refused_and_the_pair_given_back(
+    redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    limits = LoginLimits(scrypt_n=1024, fail_limit=3, per_name=100, per_address=2)
+    store = Store(redis, Keys("t"), login=limits)
+    for user in ("hal", "ivy"):
+        await store.accounts.login(user, "pw", "10.0.0.1")
+    for _ in range(2):
+        with pytest.raises(ClientError) as err:
+            await store.accounts.login("hal", "wrong", "10.0.0.5")
+        assert err.value.code == "bad_password"
+    hal_pair = store.keys.login_failures("hal", "10.0.0.5")
+    assert await redis.get(hal_pair) == "2"
+    for user in ("hal", "ivy"):
+        with pytest.raises(ClientError) as err:
+            await store.accounts.login(user, "pw", "10.0.0.5")
+        assert err.value.code == "rate_limited" and "from your address" in err.value.message
+        assert 0 < err.value.extra["retry_after"] <= 300
+    assert await redis.get(hal_pair) == "2"  # given back, not left at 3
+    assert 0 < await redis.ttl(hal_pair) <= 300
+    assert await redis.get(store.keys.login_failures("ivy", "10.0.0.5")) is None
+    assert await redis.get(store.keys.login_failures("ivy")) is None
+    owner = await store.accounts.login("ivy", "pw", "10.0.0.1")  # known: exempt
+    assert owner.name == "ivy"
+
+
 async def test_send_appends_publishes_and_logs(
     store: Store, redis: fakeredis.FakeAsyncRedis
 ) -> None:
