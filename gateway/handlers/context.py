@@ -34,8 +34,9 @@ class Conn(Protocol):
         """Where this connection's plain text lines go from now on."""
 
     # login and re-sync
-    async def begin_sync(self, user: str) -> None:
-        """Become ``user``: subscribe, count in presence; live events are held back."""
+    async def begin_sync(self, user: str) -> list[str]:
+        """Become ``user``: subscribe, count in presence; live events are held back.
+        Returns the user's rooms it subscribed to (besides #general)."""
 
     def undo_login(self) -> None: ...
 

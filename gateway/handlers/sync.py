@@ -64,9 +64,9 @@ async def attach(
     """Go live as ``name``, whose password (or token) was checked: welcome, what is
     unread, ``synced``, then live events. Used by a login and by ``GET /events``."""
     conn = ctx.conn
-    await conn.begin_sync(name)
+    rooms = await conn.begin_sync(name)
     try:
-        plan = await _plan(ctx, since)
+        plan = await _plan(ctx, since, rooms)
         if ctx.store.scripts.sharded:
             _mark_read(conn.last_sent, plan)
         unread = {r.name: r.count for r in plan if r.count}
@@ -80,7 +80,7 @@ async def attach(
     conn.send_event(Synced(rid=rid))
     # An owner hears of every request still open, as if it had come just now.
     try:
-        waiting = await ctx.store.rooms.pending_for_owner(name)
+        waiting = await ctx.store.rooms.pending_for_owner(name, rooms)
         names = await ctx.store.accounts.display_names([user for _, user in waiting])
     except Unavailable as exc:
         log.warning("could not list join requests for %s: %s", name, exc)
@@ -124,12 +124,16 @@ async def poll(ctx: Context, most: int) -> tuple[list[Message], bool]:
     return got, more
 
 
-async def _plan(ctx: Context, since: Mapping[str, str] | None) -> list[_Replay]:
+async def _plan(
+    ctx: Context, since: Mapping[str, str] | None, rooms: list[str] | None = None
+) -> list[_Replay]:
+    """What to replay; ``rooms``: the user's rooms as the login subscribed them (a
+    room joined since is announced and replayed by the session once it is live)."""
     store, s, me = ctx.store, ctx.settings, ctx.user
-    cursors = await store.cursors.cursors(me)
+    conversations, cursors = await store.reading(me, rooms)
     wanted = {k.lower(): v for k, v in (since or {}).items()}
     reading: list[tuple[str, str | None]] = []
-    for conversation in await store.conversations(me):
+    for conversation in conversations:
         key = other_user(me, conversation) or conversation
         reading.append((conversation, wanted.get(key, cursors.get(conversation))))
     names = await store.reader_names(me, [c for c, _ in reading])

@@ -80,7 +80,7 @@ class RequestConn:
     def switch_to(self, conversation: str) -> None:
         pass  # a request has no "where plain lines go"
 
-    async def begin_sync(self, user: str) -> None:
+    async def begin_sync(self, user: str) -> list[str]:
         raise ClientError("bad_request", "over HTTP, log in with POST /connect")
 
     def undo_login(self) -> None:

@@ -588,7 +588,7 @@ class Session(asyncio.Protocol):
         self.gw.hub.mark_delivered(self.user, conversation, msg)
 
     # -- login and re-sync (for gateway.handlers.sync and the hub) ---------------------
-    async def begin_sync(self, user: str) -> None:
+    async def begin_sync(self, user: str) -> list[str]:
         if isinstance(self.codec, TextCodec):
             await self.gw.load_link_key()  # its file lines carry signed links
         if self.state is State.CLOSED:
@@ -600,12 +600,14 @@ class Session(asyncio.Protocol):
             base = self.base_url
             self.codec.file_url = lambda f: self.gw.file_url(f.fid, user, base)
         try:
-            await self.gw.hub.join(self, await self.gw.store.rooms.of_user(user))
+            rooms = await self.gw.store.rooms.of_user(user)
+            await self.gw.hub.join(self, rooms)
             self._counted = True  # from here on, leaving must count the user out
             await self.gw.user_joined(user)
         except BaseException:
             self.undo_login()
             raise
+        return rooms
 
     def undo_login(self) -> None:
         """Login failed half-way: back to a guest, as if it had never started."""

@@ -129,6 +129,17 @@ class Store:
         direct = await self.cursors.direct(me)
         return [GENERAL, *await self.rooms.of_user(me), *direct]
 
+    async def reading(
+        self, me: str, rooms: Sequence[str] | None = None
+    ) -> tuple[list[str], dict[str, str]]:
+        """``conversations`` and ``me``'s cursors, in one round trip for the user's
+        keys; ``rooms``: their rooms as the caller already knows them (a login's
+        subscriptions), else read too."""
+        direct, cursors = await self.cursors.read(me)
+        if rooms is None:
+            rooms = await self.rooms.of_user(me)
+        return [GENERAL, *rooms, *direct], cursors
+
     async def check_readable(self, me: str, conversation: str) -> None:
         """A private room's history and members are for its members only."""
         if not is_room(conversation) or conversation == GENERAL:

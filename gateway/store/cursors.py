@@ -43,18 +43,31 @@ class Cursors:
         interval, so a conversation with anything new is among them unless ``most``
         others have been active since: logins and status read a bounded number of
         conversations however many a user has."""
-        k = self.keys
-        if self.message_ttl_s:
-            before = now_ms() - self.message_ttl_s * 1000 - PRUNE_SLACK_MS
-            await self.scripts.call(
-                "prune_conversations", [k.conversations(user), k.cursors(user)], [before]
-            )
-        dms = await self.redis.zrange(k.conversations(user), 0, most - 1, desc=True)
-        return sorted(str(c) for c in dms)
+        return (await self.read(user, most))[0]
 
     async def cursors(self, user: str) -> dict[str, str]:
         raw = await self.redis.hgetall(self.keys.cursors(user))
         return {str(k): str(v) for k, v in raw.items()}
+
+    async def read(self, user: str, most: int = MAX_DIRECT) -> tuple[list[str], dict[str, str]]:
+        """``direct`` and ``cursors`` in one round trip (all the user's keys share a
+        slot): what a login needs to know what is unread."""
+        k = self.keys
+        lists, cursors = k.conversations(user), k.cursors(user)
+
+        def fill(pipe: Pipeline) -> None:
+            if self.message_ttl_s:
+                before = now_ms() - self.message_ttl_s * 1000 - PRUNE_SLACK_MS
+                self.scripts.queue(pipe, "prune_conversations", [lists, cursors], [before])
+            pipe.zrange(lists, 0, most - 1, desc=True)
+            pipe.hgetall(cursors)
+
+        results = await self.scripts.run_pipeline(fill, ("prune_conversations",))
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        dms, raw = results[-2:]
+        return sorted(str(c) for c in dms), {str(a): str(b) for a, b in raw.items()}
 
     async def advance(self, items: Mapping[str, Mapping[str, str]]) -> None:
         """Save delivered ids: {user: {conversation: id}}; a cursor never moves back."""

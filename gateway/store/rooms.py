@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import json
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -134,10 +135,14 @@ class Rooms:
             members, pending = await pipe.execute()
         return [str(m) for m in members], [str(p) for p in pending]
 
-    async def pending_for_owner(self, owner: str) -> list[tuple[str, str]]:
-        """(room, user) for every open join request to rooms ``owner`` owns."""
+    async def pending_for_owner(
+        self, owner: str, rooms: Sequence[str] | None = None
+    ) -> list[tuple[str, str]]:
+        """(room, user) for every open join request to rooms ``owner`` owns; ``rooms``:
+        the owner's rooms if the caller knows them (else they are read)."""
         k = self.keys
-        rooms = await self.of_user(owner)
+        if rooms is None:
+            rooms = await self.of_user(owner)
         if not rooms:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
