@@ -13,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from gateway.errors import ClientError, Unavailable
 from gateway.store import LoginLimits, Store, hash_password, now_ms, verify_password
 from gateway.store.keys import Keys, dm_conversation
-from gateway.store.redis import is_cluster
+from gateway.store.redis import is_cluster, load_lua
 from tests.channels import listener
 
 
@@ -375,3 +375,27 @@ async def test_a_send_waits_for_its_replicas_and_fails_without_them(
     again = await plain.send("ann", "#general", "#general", "kept", cid="w1")
     assert again.duplicate  # it was stored the first time
     assert [m.text for m in await plain.messages.read_last("#general", 5)] == ["kept"]
+
+
+async def test_a_script_refused_in_a_pipeline_is_run_again_alone(
+    store: Store, redis: fakeredis.FakeAsyncRedis
+) -> None:
+    """Redis had no scripts (it restarted), and another process loaded one while this
+    pipeline ran: the calls before that were refused, the ones after it ran. Only the
+    refused ones run again (running the whole pipeline again stored messages twice),
+    and the other commands after them, so what they read is what the scripts did."""
+    if is_cluster(redis):
+        pytest.skip("SCRIPT LOAD inside a pipeline goes to one node of a cluster")
+    scripts, key = store.scripts, "t:{x}:count"
+    await redis.script_flush()
+
+    def fill(pipe: Any) -> None:
+        scripts.queue(pipe, "login_attempt", [key], [0, 300, "reserve"])  # refused
+        pipe.execute_command("SCRIPT", "LOAD", load_lua("login_attempt"))  # someone else's
+        scripts.queue(pipe, "login_attempt", [key], [0, 300, "reserve"])  # runs
+        pipe.get(key)  # a read after the scripts sees what they all did
+
+    results = await scripts.run_pipeline(fill, ("login_attempt",))
+    assert await redis.get(key) == "2"  # once each (3 when the pipeline ran again)
+    assert results[0] == [0, 0] and results[2] == [0, 0]
+    assert results[3] == "2"
