@@ -85,7 +85,8 @@ async def run(settings: WorkerSettings) -> None:
     if not await _cancel([*jobs, scheduling], STOP_TIMEOUT_S):
         log.error("jobs did not stop within %g s; exiting anyway", STOP_TIMEOUT_S)
         os._exit(1)  # whoever sent SIGTERM sees the failure
-    with contextlib.suppress(TimeoutError, RedisError, OSError):
+    with contextlib.suppress(TimeoutError, RedisError, OSError, Unavailable):
+        await asyncio.wait_for(scheduler.store.close(), STOP_TIMEOUT_S)
         await asyncio.wait_for(redis.aclose(), STOP_TIMEOUT_S)
     log.info("worker stopped")
 

@@ -137,6 +137,7 @@ class Gateway:
         await self.hub.stop()
         with contextlib.suppress(Unavailable):
             await self.store.presence.gateway_gone(self.name)
+        await self.store.close()
         await self.redis.aclose()
         log.info("stopped")
 

@@ -38,6 +38,7 @@ from gateway.store.presence import Presence
 from gateway.store.redis import REDIS_DOWN, Scripts, boundary, make_redis
 from gateway.store.rooms import Rooms
 from gateway.store.schedules import Schedules
+from gateway.store.sendlink import SendLink
 from gateway.store.time import now_ms
 from gateway.store.tokens import Tokens
 
@@ -94,6 +95,8 @@ class Store:
             idempotency_ttl_s=idempotency_ttl_s,
             wait_replicas=wait_replicas,
         )
+        if not self.scripts.sharded and not wait_replicas:
+            self.messages.link = SendLink(redis)
         self.cursors = Cursors(redis, keys, self.scripts, message_ttl_s)
         self.presence = Presence(redis, keys)
         self.rooms = Rooms(redis, keys, self.scripts)
@@ -104,6 +107,11 @@ class Store:
         self.schedules = Schedules(redis, keys, self.scripts)
         self.tokens = Tokens(redis, keys, token_ttl_s)
         self.files = Files(redis, keys, message_ttl_s=message_ttl_s, limits=file_limits)
+
+    async def close(self) -> None:
+        """Close the connections of its own (the client's are the caller's)."""
+        if self.messages.link is not None:
+            await self.messages.link.close()
 
     def forget_cached(self) -> None:
         """Redis may have lost data (it restarted): look everything up again."""

@@ -23,6 +23,7 @@ from typing import Any, Final, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
 
 from gateway.errors import ClientError, Unavailable
 from gateway.protocol.events import (
@@ -36,6 +37,7 @@ from gateway.protocol.events import (
 from gateway.protocol.values import MAX_STREAM_ID, format_stream_id, parse_stream_id
 from gateway.store.keys import Keys, hash_tag
 from gateway.store.redis import REDIS_DOWN, Scripts, boundary
+from gateway.store.sendlink import SendLink
 from gateway.store.time import now_ms
 
 __all__ = ["Messages", "SendResult", "entry_to_message"]
@@ -145,6 +147,10 @@ class Messages:
         )
         self._sends: list[_PendingSend] = []
         self._flush_scheduled = False
+        # On a single Redis without WAIT the steps go by a link of their own, one
+        # batch at a time (gateway.store.sendlink); the Store sets it.
+        self.link: SendLink | None = None
+        self._in_flight = False  # a batch is on the link
         self._flushes: set[asyncio.Task[None]] = set()
         self._touched: dict[str, int] = {}  # direct conversation -> when last listed (ms)
 
@@ -270,6 +276,10 @@ class Messages:
 
     def _start_flush(self) -> None:
         self._flush_scheduled = False
+        if self.link is not None:
+            if self._in_flight or not self._sends:
+                return  # the batch on the link starts the next one when it ends
+            self._in_flight = True
         batch, self._sends = self._sends, []
         task = asyncio.create_task(self._flush_sends(batch))
         self._flushes.add(task)
@@ -308,6 +318,11 @@ class Messages:
                 raise
         finally:
             self._resolve(batch, results, failure)
+            if self.link is not None:
+                self._in_flight = False
+                if self._sends and not self._flush_scheduled:
+                    self._flush_scheduled = True
+                    asyncio.get_running_loop().call_soon(self._start_flush)
 
     @staticmethod
     def _resolve(
@@ -401,7 +416,10 @@ class Messages:
                 target = {} if node is None else {"target_nodes": node}
                 pipe.execute_command("WAIT", self.wait_replicas, self.wait_replicas_ms, **target)
 
-        raw = await self.scripts.run_pipeline(fill, ("send",))
+        if self.link is not None:
+            raw = await self._run_on_link(self.link, batch, now)
+        else:
+            raw = await self.scripts.run_pipeline(fill, ("send",))
         kinds = [k for item in batch for k in (["zadd", "zadd"] if item.touch else []) + ["send"]]
         results = [r for r, kind in zip(raw[: len(kinds)], kinds, strict=True) if kind == "send"]
         unconfirmed: dict[int, int] = {}
@@ -415,6 +433,30 @@ class Messages:
                     self._touched.clear()
                 self._touched[item.touch[2]] = now
         return results, unconfirmed
+
+    async def _run_on_link(self, link: SendLink, batch: list[_PendingSend], now: int) -> list[Any]:
+        """The batch's commands (as ``fill`` queues them, without WAIT) on the link;
+        a step Redis refused with NOSCRIPT runs again alone once the script is loaded."""
+        commands: list[list[Any]] = []
+        steps: list[int] = []
+        for item in batch:
+            if item.touch is not None:
+                own, other, conversation = item.touch
+                commands.append(["ZADD", own, "GT", now, conversation])
+                commands.append(["ZADD", other, "GT", now, conversation])
+            steps.append(len(commands))
+            commands.append(self.scripts.command("send", item.keys, item.args))
+        raw = await link.run(commands)
+        refused = [i for i in steps if isinstance(raw[i], NoScriptError)]
+        if refused:
+            await self.scripts.load(("send",))
+            again = await link.run([commands[i] for i in refused])
+            for i, result in zip(refused, again, strict=True):
+                raw[i] = result
+        for result in raw:
+            if isinstance(result, REDIS_DOWN):
+                raise result
+        return raw
 
     def _waits(self, batch: list[_PendingSend]) -> list[tuple[Any, list[int]]]:
         """One WAIT per node the batch writes to (None: the one Redis), with the

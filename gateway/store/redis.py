@@ -241,6 +241,15 @@ class Scripts:
                 await self.redis.script_load(self._source[name])
         raise AssertionError("unreachable")
 
+    def command(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
+        """The EVALSHA command of a script call, for a link that sends its own."""
+        return ["EVALSHA", self._sha[name], len(keys), *keys, *args]
+
+    async def load(self, names: Sequence[str]) -> None:
+        """Load scripts into Redis (after NOSCRIPT: it restarted empty)."""
+        for name in names:
+            await self.redis.script_load(self._source[name])
+
     def queue(self, pipe: Pipeline, name: str, keys: Sequence[str], args: Sequence[Any]) -> None:
         filling = self._filling.get(id(pipe))
         if filling is not None:
@@ -250,7 +259,7 @@ class Scripts:
                 return
         # As a plain command: redis-py's cluster pipeline refuses its evalsha method,
         # yet routes EVALSHA by its keys like any keyed command.
-        pipe.execute_command("EVALSHA", self._sha[name], len(keys), *keys, *args)
+        pipe.execute_command(*self.command(name, keys, args))
 
     async def run_pipeline(
         self, fill: Callable[[Pipeline], None], names: Sequence[str] = NAMES
@@ -273,8 +282,7 @@ class Scripts:
             if isinstance(results[at], NoScriptError)
         }
         if refused:
-            for name in names:
-                await self.redis.script_load(self._source[name])
+            await self.load(names)
             ran = frozenset(range(len(first.positions))) - refused
             again, _ = await self._fill_and_run(fill, ran)
             skipped = {first.positions[call] for call in ran}

@@ -1,0 +1,87 @@
+"""The send steps' own link (gateway.store.sendlink) on a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.store import Keys, Store, make_redis
+from gateway.store.sendlink import SendLink
+from tests.support import RedisServer
+
+
+@pytest.fixture
+async def client(own_redis: list[RedisServer]) -> AsyncIterator[Redis]:
+    redis = make_redis(own_redis[0].url)
+    yield redis
+    await redis.aclose(close_connection_pool=True)  # the link's connection with it
+
+
+async def test_replies_come_in_order_an_error_among_them(client: Redis) -> None:
+    link = SendLink(client)
+    got = await link.run(
+        [
+            ["SET", "t:a", "1"],
+            ["INCR", "t:a"],
+            ["EVALSHA", "0" * 40, 0],  # no such script
+            ["LPUSH", "t:a", "x"],  # the wrong type
+            ["GET", "t:a"],
+        ]
+    )
+    assert got[:2] == ["OK", 2]
+    assert isinstance(got[2], NoScriptError)
+    assert isinstance(got[3], ResponseError) and "WRONGTYPE" in str(got[3])
+    assert got[4] == "2"  # the replies after the errors are still in step
+    # Batches from many callers at once: one at a time, each with its own replies.
+    many = await asyncio.gather(*(link.run([["INCR", "t:n"], ["GET", "t:n"]]) for _ in range(50)))
+    assert sorted(int(value) for _, value in many) == list(range(1, 51))
+    assert all(str(n) == value for n, value in many)
+    await link.close()
+
+
+async def test_a_stalled_redis_fails_the_batch_in_time_and_the_next_reconnects(
+    client: Redis, own_redis: list[RedisServer]
+) -> None:
+    link = SendLink(client, timeout_s=0.5)
+    assert await link.run([["PING"]]) == ["PONG"]
+    own_redis[0].pause()
+    try:
+        with pytest.raises(RedisTimeoutError):
+            await link.run([["INCR", "t:stalled"]])
+    finally:
+        own_redis[0].resume()
+    # The late reply went with the closed connection: the next batch is not misread.
+    assert await link.run([["SET", "t:after", "x"], ["GET", "t:after"]]) == ["OK", "x"]
+
+
+async def test_a_killed_connection_fails_its_batch_once_and_never_resends(
+    client: Redis, own_redis: list[RedisServer]
+) -> None:
+    """redis-py would send the batch again on a fresh connection; a send without a
+    client id would then be stored twice. Here the batch fails (the client's retry
+    carries its cid) and the next one goes on a new connection."""
+    link = SendLink(client)
+    assert await link.run([["CLIENT", "SETNAME", "sendlink"]]) == ["OK"]
+    async with Redis.from_url(own_redis[0].url, decode_responses=True) as admin:
+        killed = await admin.execute_command("CLIENT", "KILL", "SKIPME", "yes", "TYPE", "normal")
+        assert killed >= 1
+    with pytest.raises(RedisConnectionError):
+        await link.run([["INCR", "t:once"]])
+    assert await link.run([["INCR", "t:once"]]) == [1]  # the failed one never ran twice
+
+
+async def test_the_store_sends_by_the_link_and_reloads_a_lost_script(client: Redis) -> None:
+    store = Store(client, Keys("t"))
+    assert store.messages.link is not None
+    first = await store.send("ann", "#general", "#general", "one")
+    await client.script_flush()  # Redis restarted empty, as far as scripts go
+    second = await store.send("ann", "#general", "#general", "two")
+    texts = [m.text for m in await store.messages.read_last("#general", 10)]
+    assert texts == ["one", "two"] and first.id < second.id
+    await store.close()
