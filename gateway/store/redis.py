@@ -88,8 +88,10 @@ def make_redis(
     - A connection idle for 2 s is checked with PING before use, and a command
       that fails because its connection was closed (Redis restarted, CLIENT KILL)
       is retried once on a fresh one. Not after a timeout: the command may have
-      run. Sends are safe to retry: a send with a ``cid`` is deduplicated, and a
-      send's connection was just PINGed or just used.
+      run. On a single Redis, sends do not come this way: they have a link of
+      their own that never sends a batch twice (gateway.store.sendlink). On a
+      cluster they do; a send with a ``cid`` is deduplicated, and a send's
+      connection was just PINGed or just used.
     - ``client_name`` shows in CLIENT LIST, so an operator sees which process is which.
     - ``cluster``: ``url`` names one node of a Redis Cluster (see ``make_cluster``).
     """
