@@ -36,7 +36,7 @@ from gateway.protocol.events import (
 )
 from gateway.protocol.values import MAX_STREAM_ID, format_stream_id, parse_stream_id
 from gateway.store.keys import Keys, hash_tag
-from gateway.store.redis import REDIS_DOWN, Scripts, boundary
+from gateway.store.redis import REDIS_DOWN, Scripts, boundary, raise_if_down
 from gateway.store.sendlink import SendLink
 from gateway.store.time import now_ms
 
@@ -453,10 +453,7 @@ class Messages:
             again = await link.run([commands[i] for i in refused])
             for i, result in zip(refused, again, strict=True):
                 raw[i] = result
-        for result in raw:
-            if isinstance(result, REDIS_DOWN):
-                raise result
-        return raw
+        return raise_if_down(raw)
 
     def _waits(self, batch: list[_PendingSend]) -> list[tuple[Any, list[int]]]:
         """One WAIT per node the batch writes to (None: the one Redis), with the

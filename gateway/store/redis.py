@@ -185,6 +185,14 @@ def _wrapped(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return call
 
 
+def raise_if_down(results: list[Any]) -> list[Any]:
+    """A pipeline's results, unless one says Redis is unreachable: that is raised."""
+    for result in results:
+        if isinstance(result, REDIS_DOWN):
+            raise result
+    return results
+
+
 def load_lua(name: str) -> str:
     return resources.files("gateway.store").joinpath("lua", f"{name}.lua").read_text()
 
@@ -291,10 +299,7 @@ class Scripts:
             redone = (at for at in range(len(results)) if at not in skipped)
             for at, result in zip(redone, again, strict=True):
                 results[at] = result
-        for r in results:
-            if isinstance(r, REDIS_DOWN):
-                raise r
-        return results
+        return raise_if_down(results)
 
     async def _fill_and_run(
         self, fill: Callable[[Pipeline], None], skip: frozenset[int]
