@@ -109,7 +109,8 @@ class Store:
         self.files = Files(redis, keys, message_ttl_s=message_ttl_s, limits=file_limits)
 
     async def close(self) -> None:
-        """Close the connections of its own (the client's are the caller's)."""
+        """Give back the pooled connection its send link keeps (the client and its
+        pool are the caller's to close)."""
         if self.messages.link is not None:
             await self.messages.link.close()
 

@@ -5,9 +5,9 @@ redis-py's pipeline machinery (a connection from the pool, a timeout and two
 layers of parsing per reply) cost 9.5 µs of CPU per command; the same batch
 packed by hiredis, written with ``send_packed_command`` and read reply by reply
 on one connection costs 3.8 µs (docs/performance.md). The connection is made by
-redis-py: it is one of the client's pooled connections, taken for good, so it
-connects exactly as every other one does (URL, TLS, password, database, client
-name) and closes with the client.
+redis-py: it is one of the client's pooled connections, kept until ``close``
+gives it back, so it connects exactly as every other one does (URL, TLS,
+password, database, client name), and closing the pool closes it.
 
 What it promises:
 - One batch in flight: the next waits for the link, and sends made meanwhile
@@ -55,7 +55,7 @@ class SendLink:
         async with self._lock:
             conn = self._conn
             if conn is None:
-                # Taken from the pool for good: closing the client closes it too.
+                # Kept until close(); the pool still counts it, and closes it with the rest.
                 conn = self._conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
             try:
                 async with asyncio.timeout(self.timeout_s):
@@ -67,7 +67,7 @@ class SendLink:
                 raise RedisTimeoutError(what) from None
 
     async def close(self) -> None:
-        """Give the connection back to the pool (closing the client closes it)."""
+        """Give the connection back to the pool."""
         async with self._lock:
             if self._conn is not None:
                 await self._pool.release(self._conn)
