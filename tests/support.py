@@ -458,3 +458,23 @@ def doc_recipes(heading: str) -> dict[str, list[str]]:
         elif line.strip():
             recipes.setdefault(current, []).append(line.strip())
     return recipes
+
+
+class Outcomes:
+    """A send's callback (``Messages.queue``, ``Store.send_now``) that keeps what
+    each send came to; ``wait`` for them."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self._came = asyncio.Event()
+
+    def __call__(self, outcome: Any) -> None:
+        self.items.append(outcome)
+        self._came.set()
+
+    async def wait(self, count: int, timeout: float = 10.0) -> list[Any]:
+        async with asyncio.timeout(timeout):
+            while len(self.items) < count:
+                self._came.clear()
+                await self._came.wait()
+        return self.items

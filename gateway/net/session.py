@@ -16,7 +16,11 @@ Bounds on what a peer can make it do:
 - input: what is buffered and not yet parsed is at most ``MAX_UNREAD_BYTES`` plus
   one read (reading pauses past it), plus one file chunk line being received;
   commands run one at a time, and the worker yields to the loop every
-  ``WORK_SLICE`` requests, so one client's flood cannot stall the others;
+  ``WORK_SLICE`` requests, so one client's flood cannot stall the others; the
+  one exception is a run of sends that the gateway's caches let through
+  (``chat.send_now``): up to ``MAX_SENDS_IN_FLIGHT`` of them join the store's
+  batches without waiting for each other's answer, and any other command waits
+  until they are answered, so answers still come in order;
 - errors: a client earning more than ``ERROR_BURST`` error replies at once
   (refilled at ``ERROR_RATE`` per second) gets one last error and is closed;
 - sends: ``conn_send_rate`` per second, with a burst of ``conn_send_burst``;
@@ -35,10 +39,11 @@ import enum
 import logging
 import math
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Final, cast
 
 from gateway.errors import ClientError, Unavailable
-from gateway.handlers import sync
+from gateway.handlers import chat, sync
 from gateway.handlers.context import Context
 from gateway.handlers.dispatch import dispatch
 from gateway.net.http import HttpExchange
@@ -61,10 +66,11 @@ from gateway.protocol import (
     ListRooms,
     LiveRun,
     Message,
+    Send,
     TextCodec,
     detect_framing,
 )
-from gateway.protocol.events import LoggedOut
+from gateway.protocol.events import LoggedOut, Rid
 from gateway.protocol.http import HttpCodec, HttpReject, HttpRequest, error_body
 from gateway.protocol.ops import PACED_LIKE_READS, PACED_LIKE_SENDS
 from gateway.store.time import now_ms
@@ -80,6 +86,7 @@ log = logging.getLogger("redchat.session")
 MAX_FIRST_BYTES: Final = 16  # enough to tell an HTTP method from text
 MAX_UNREAD_BYTES: Final = 64 * 1024  # past this, stop reading from the socket
 WORK_SLICE: Final = 16  # requests served before yielding to the loop
+MAX_SENDS_IN_FLIGHT: Final = 64  # sends queued and not yet answered (chat.send_now)
 ERROR_BURST: Final = 50
 # Requests whose cost grows with what the user has: paced like sends (--conn-send-rate).
 READS: Final = (
@@ -120,6 +127,12 @@ class TokenBucket:
         self.tokens = self.burst
         self.at = time.monotonic()
 
+    def ready(self) -> bool:
+        """``take`` would allow one now (nothing is taken)."""
+        if not self.rate:
+            return True
+        return self.tokens + (time.monotonic() - self.at) * self.rate >= 1
+
     def take(self) -> float:
         """0 when allowed (one token taken), else the seconds until one is there."""
         if not self.rate:
@@ -139,8 +152,9 @@ class Session(asyncio.Protocol):
     __slots__ = (
         "_counted", "_eof", "_errors", "_first", "_heartbeat_at", "_held", "_held_bytes",
         "_held_events", "_lingering", "_reading_paused", "_reads", "_request_began",
-        "_room_changes", "_room_worker", "_sends", "_token", "_token_checked", "_token_task",
-        "_upload_bytes", "_worker", "base_url", "codec", "created", "ctx", "gw", "http",
+        "_room_changes", "_room_worker", "_sends", "_sends_below", "_sends_in_flight",
+        "_token", "_token_checked", "_token_task", "_upload_bytes", "_wake", "_wake_on_input",
+        "_worker", "base_url", "codec", "created", "ctx", "gw", "http",
         "joined_ms", "last_heard", "last_sent", "outbox", "peer", "peer_address", "rooms",
         "settings", "state", "token_id", "transport", "user",
     )  # fmt: skip
@@ -173,6 +187,11 @@ class Session(asyncio.Protocol):
         self._errors = TokenBucket(ERROR_RATE, ERROR_BURST)
         self._sends = TokenBucket(s.conn_send_rate, s.conn_send_burst)
         self._reads = TokenBucket(s.conn_send_rate, s.conn_send_burst)  # status, history, ...
+        # Sends queued without a wait (chat.send_now), and the worker's wait on them.
+        self._sends_in_flight = 0
+        self._wake: asyncio.Future[None] | None = None
+        self._sends_below = 0  # ... wakes it once fewer are in flight than this
+        self._wake_on_input = False  # ... or when the client sends more
         # HTTP only
         self.http: HttpExchange | None = None
         self.token_id: str | None = None  # an event stream's token (digest start)
@@ -668,28 +687,83 @@ class Session(asyncio.Protocol):
     def _kick(self) -> None:
         if self.busy is None and self.state is not State.CLOSED:
             self._worker = asyncio.create_task(self._work())
+        elif self._wake_on_input:
+            self._wake_up()
 
     async def _work(self) -> None:
+        """Serve what the client sent, in order. The worker ends once every command
+        is answered, the sends in flight included."""
         served = 0
+        # The client waits for the answers of commands served here: they go out as
+        # soon as nothing is left to serve, not with the next coalesced write. The
+        # acks of sends in flight come in batches, and go with the coalesced writes.
+        answered = False
         while self.state is not State.CLOSED and self.codec is not None:
             item = self.codec.next()
             if self.http is not None and (out := self.http.codec.take_output()):
                 assert self.outbox is not None
                 self.outbox.write(out, bounded=False)  # 100 Continue
             if item is None:
-                break
+                if not self._sends_in_flight:
+                    break
+                if answered and self.outbox is not None:
+                    self.outbox.flush()
+                answered = False
+                await self._sends_settle(0, or_input=True)
+                continue
             self._resume_reading_if_drained()
-            await self._serve(item)
+            if type(item) is Send and self._send_now(item):
+                if self._sends_in_flight >= MAX_SENDS_IN_FLIGHT:
+                    await self._sends_settle(MAX_SENDS_IN_FLIGHT - 1)
+            else:
+                # Answers go in order, and a command sees the sends made before it.
+                await self._sends_settle(0)
+                await self._serve(item)
+                answered = True
             served += 1
             if served % WORK_SLICE == 0:
                 await asyncio.sleep(0)  # let the loop serve everyone else
-        if self.outbox is not None:
-            # The client waits for these answers: they go now, not with the next
-            # coalesced write (which is for traffic it did not ask for).
+        if answered and self.outbox is not None:
             self.outbox.flush()
         self._resume_reading_if_drained()
         if self._eof:
             self._close_after_eof()
+
+    def _send_now(self, cmd: Send) -> bool:
+        """Queue a send that needs no wait before it joins the store's batch
+        (``chat.send_now``); False when it must be served as other commands are."""
+        if self.user is None or not self._sends.ready():
+            return False  # the usual path says why (not logged in, too fast)
+        if not chat.send_now(self.ctx, cmd, partial(self._sent, cmd)):
+            return False
+        self._sends.take()
+        self._sends_in_flight += 1
+        return True
+
+    def _sent(self, cmd: Send, error: Exception | None) -> None:
+        """A send queued by ``_send_now`` is answered: its ack went out, or ``error``."""
+        self._sends_in_flight -= 1
+        if error is not None:
+            self._answer(self._failure(error, self.user, cmd.rid))
+        if self._sends_in_flight < self._sends_below:
+            self._wake_up()
+
+    async def _sends_settle(self, most: int, *, or_input: bool = False) -> None:
+        """Wait until at most ``most`` sends are in flight (or, ``or_input``, the
+        client sent more). Bounded: every batch ends within the store's timeout and
+        answers each of its sends."""
+        if self._sends_in_flight <= most:
+            return
+        self._wake = asyncio.get_running_loop().create_future()
+        self._sends_below, self._wake_on_input = most + 1, or_input
+        try:
+            await self._wake
+        finally:
+            self._wake, self._sends_below, self._wake_on_input = None, 0, False
+
+    def _wake_up(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     def _resume_reading_if_drained(self) -> None:
         if (
@@ -715,16 +789,18 @@ class Session(asyncio.Protocol):
             finally:
                 self.release_upload()
         elif (error := await self.run(self.ctx, item)) is not None:
-            if error.code in ("unavailable", "internal"):
-                self.send_event(error)  # not the client's fault: not counted against it
-            else:
-                self._error(error)
+            self._answer(error)
+
+    def _answer(self, error: Error) -> None:
+        if error.code in ("unavailable", "internal"):
+            self.send_event(error)  # not the client's fault: not counted against it
+        else:
+            self._error(error)
 
     async def run(self, ctx: Context, cmd: Command) -> Error | None:
         """Run one command for ``ctx.conn`` (this session, or one HTTP request on it):
         the connection's rate limits, then its handler. A peer's mistake, or Redis
         being down, comes back as the error to answer with; a bug is logged."""
-        rid = getattr(cmd, "rid", None)
         user = ctx.conn.user
         try:
             if isinstance(cmd, PACED_LIKE_SENDS) and user is not None:
@@ -732,18 +808,23 @@ class Session(asyncio.Protocol):
             elif isinstance(cmd, READS) and user is not None:
                 self._check_send_rate(self._reads, "requests for history or status")
             await dispatch(ctx, cmd, self.codec.login_hint if self.codec else "")
-        except ClientError as exc:
-            self._log_error(user, exc.code, exc.message)
-            return Error(exc.code, exc.message, rid=rid, extra=exc.extra)
-        except Unavailable as exc:
-            self._log_error(user, "unavailable", str(exc))
-            return Error("unavailable", "chat storage is unreachable; try again shortly", rid=rid)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("bug while serving user=%s peer=%s", user, self.peer)
-            return Error("internal", "internal error; it has been logged", rid=rid)
+        except Exception as exc:
+            return self._failure(exc, user, getattr(cmd, "rid", None))
         return None
+
+    def _failure(self, exc: Exception, user: str | None, rid: Rid) -> Error:
+        """The answer to a command that failed: a peer's mistake or Redis being down
+        as such; a bug is logged with its traceback, and not shown."""
+        if isinstance(exc, ClientError):
+            self._log_error(user, exc.code, exc.message)
+            return Error(exc.code, exc.message, rid=rid, extra=exc.extra)
+        if isinstance(exc, Unavailable):
+            self._log_error(user, "unavailable", str(exc))
+            return Error("unavailable", "chat storage is unreachable; try again shortly", rid=rid)
+        log.error("bug while serving user=%s peer=%s", user, self.peer, exc_info=exc)
+        return Error("internal", "internal error; it has been logged", rid=rid)
 
     def _admit_upload(self, nbytes: int) -> bool:
         if not self.gw.reserve_upload(nbytes):

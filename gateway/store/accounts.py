@@ -186,8 +186,7 @@ class Accounts:
 
     async def display_name(self, user: str) -> str | None:
         """A name's display case, or None if nobody claimed it (claimed names are cached)."""
-        key = user.lower()
-        cached = self._names.get(key)
+        cached = self.cached_name(user)
         if cached is not None:
             return cached
         name = await self.redis.hget(self.keys.account(user), "name")
@@ -195,6 +194,10 @@ class Accounts:
             return None
         self._remember(str(name))
         return str(name)
+
+    def cached_name(self, user: str) -> str | None:
+        """``display_name`` when this process has seen it (None: ask Redis)."""
+        return self._names.get(user.lower())
 
     async def display_names(self, users: list[str]) -> list[str | None]:
         """``display_name`` of many, the uncached ones in one round trip."""

@@ -6,9 +6,11 @@ messages follow an id is a subtraction of two numbers, never a count that grows
 with history.
 
 Sends made in the same loop turn, from any session, share one pipeline for their
-atomic steps and one for their logs. Every caller's future is resolved, whatever
-happens to the batch or to any one caller (a caller cancelled while waiting
-simply does not look at its result).
+atomic steps and one for their logs. ``queue`` takes a send and a callback, and
+every callback is called once, with the send's result or its error, whatever
+happens to the batch (a caller gone meanwhile simply ignores it). On a single
+Redis without WAIT the batches go one at a time over the send link, so sends
+queued in a given order are stored, and answered, in that order.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import asyncio
 import dataclasses
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
@@ -36,11 +38,11 @@ from gateway.protocol.events import (
 )
 from gateway.protocol.values import MAX_STREAM_ID, format_stream_id, parse_stream_id
 from gateway.store.keys import Keys, hash_tag
-from gateway.store.redis import REDIS_DOWN, Scripts, boundary, raise_if_down
+from gateway.store.redis import REDIS_DOWN, Scripts, boundary, raise_if_down, unavailable
 from gateway.store.sendlink import SendLink
 from gateway.store.time import now_ms
 
-__all__ = ["Messages", "SendResult", "entry_to_message"]
+__all__ = ["Messages", "SendDone", "SendResult", "entry_to_message"]
 
 log = logging.getLogger("redchat.store")
 
@@ -105,6 +107,11 @@ class SendResult:
     duplicate: bool
 
 
+# Called once per send with its result, or with the error that refused or lost it:
+# a ``ClientError`` (no such message to reply to, not a member), ``Unavailable``.
+SendDone = Callable[[SendResult | Exception], None]
+
+
 @dataclass(slots=True)
 class _PendingSend:
     keys: tuple[str, str, str, str, str, str, str]
@@ -112,11 +119,31 @@ class _PendingSend:
     log_key: str
     log_fields: dict[str, str]
     touch: tuple[str, str, str] | None  # (sender's list, recipient's list, conversation)
-    future: asyncio.Future[tuple[int, str]]
+    on_done: SendDone
     # On a cluster: the channels outside the conversation's slot (a direct message's
     # users), published after the step, and the event's JSON after its id and time.
     crossing: tuple[str, ...] = ()
     tail: str = ""
+
+
+def _outcome(
+    item: _PendingSend, result: Any, failure: BaseException | None
+) -> SendResult | Exception:
+    """A send step's reply (``send.lua``'s status and id) as the sender hears it."""
+    if result is None or isinstance(result, BaseException):
+        error = result if isinstance(result, BaseException) else failure
+        if isinstance(error, REDIS_DOWN):
+            return unavailable(error)
+        if isinstance(error, Exception):
+            return error
+        return Unavailable("the send was interrupted")
+    status, sid = int(result[0]), str(result[1])
+    to, reply_to = item.args[1], item.args[3]
+    if status == -1:
+        return ClientError("not_found", f"no message {reply_to} in {to}")
+    if status == -2:
+        return ClientError("forbidden", f"you are not a member of {to}")
+    return SendResult(sid, duplicate=status == 0)
 
 
 @boundary
@@ -179,7 +206,7 @@ class Messages:
         self._touched.clear()
 
     # -- sending ----------------------------------------------------------------
-    async def send(
+    def queue(
         self,
         sender: str,
         conversation: str,
@@ -187,6 +214,7 @@ class Messages:
         text: str,
         *,
         channels: Sequence[str],
+        on_done: SendDone,
         cid: str | None = None,
         reply_to: str | None = None,
         lists: tuple[str, str] | None = None,
@@ -194,8 +222,9 @@ class Messages:
         quote: Quote | None = None,
         scheduled: bool = False,
         file: FileInfo | None = None,
-    ) -> SendResult:
-        """Store a message and publish it on ``channels``, in one atomic step; then log it.
+    ) -> None:
+        """Store a message and publish it on ``channels``, in one atomic step, with
+        the batch this loop turn sends; then log it. ``on_done`` hears how it went.
 
         ``sender`` and ``to`` are display names (``to`` is ``#room`` for rooms).
         ``lists`` are the two users' conversation lists for a direct conversation.
@@ -255,7 +284,7 @@ class Messages:
             log_key=k.log(sender),
             log_fields=log_fields,
             touch=touch,
-            future=asyncio.get_running_loop().create_future(),
+            on_done=on_done,
             crossing=crossing,
             tail=tail,
         )
@@ -263,12 +292,6 @@ class Messages:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._start_flush)
-        status, sid = await pending.future
-        if status == -1:
-            raise ClientError("not_found", f"no message {reply_to} in {to}")
-        if status == -2:
-            raise ClientError("forbidden", f"you are not a member of {to}")
-        return SendResult(sid, duplicate=status == 0)
 
     def _due_touch(self, conversation: str) -> bool:
         last = self._touched.get(conversation)
@@ -328,19 +351,13 @@ class Messages:
     def _resolve(
         batch: list[_PendingSend], results: list[Any] | None, failure: BaseException | None
     ) -> None:
-        """Every caller's future gets its result or an error, whatever else happened."""
+        """Every send's callback hears its result or an error, whatever else happened."""
         for i, item in enumerate(batch):
-            fut = item.future
-            if fut.done():  # its caller was cancelled (disconnected) meanwhile
-                continue
-            result = results[i] if results is not None else None
-            if result is None or isinstance(result, BaseException):
-                error = result if isinstance(result, BaseException) else failure
-                if error is None or not isinstance(error, Exception):
-                    error = Unavailable("the send was interrupted")
-                fut.set_exception(error)
-            else:
-                fut.set_result((int(result[0]), str(result[1])))
+            outcome = _outcome(item, results[i] if results is not None else None, failure)
+            try:
+                item.on_done(outcome)
+            except Exception:
+                log.exception("bug in a send's callback")
 
     async def _after_step(self, batch: list[_PendingSend], results: list[Any]) -> None:
         """On a cluster, one round trip: the senders' logs (a single Redis writes them

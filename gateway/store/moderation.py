@@ -114,10 +114,9 @@ class Moderation:
     async def admit(self, user: str, *, counts: bool, cid: str | None) -> bool:
         """Refuse a banned user, or one over the rate limit (when the send ``counts``).
         Returns whether the send took one from the quota (to give back if it fails)."""
-        k, lim = self.keys, self.limits
-        counting = counts and lim.rate_limit > 0
-        if not counting and self._clear.get(user.lower(), 0.0) > monotonic():
+        if self.cleared(user, counts=counts):
             return False
+        k, lim = self.keys, self.limits
         now = now_ms()
         status, value = await self._gate.call(
             (k.ban(user), k.quota(user), k.quota_cid(user, cid or "")),
@@ -145,6 +144,13 @@ class Moderation:
                 retry_after=retry_after,
             )
         return status == 1
+
+    def cleared(self, user: str, *, counts: bool) -> bool:
+        """``admit`` would let the send through without asking Redis: the user was
+        not banned a moment ago, and the send takes nothing from a quota."""
+        if counts and self.limits.rate_limit > 0:
+            return False
+        return self._clear.get(user.lower(), 0.0) > monotonic()
 
     def forget(self, user: str) -> None:
         """The user was just banned (a ``warning`` said so): ask Redis next time."""

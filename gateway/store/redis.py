@@ -38,6 +38,8 @@ __all__ = [
     "is_cluster",
     "make_redis",
     "publish_command",
+    "raise_if_down",
+    "unavailable",
 ]
 
 # What Redis being unreachable looks like from redis-py (a failover replica
@@ -150,7 +152,7 @@ async def ready(redis: Redis) -> None:
     try:
         await cast(RedisCluster, redis).initialize()
     except REDIS_DOWN as exc:
-        raise _unavailable(exc) from exc
+        raise unavailable(exc) from exc
 
 
 def publish_command(redis: Redis) -> str:
@@ -159,7 +161,7 @@ def publish_command(redis: Redis) -> str:
     return "SPUBLISH" if is_cluster(redis) else "PUBLISH"
 
 
-def _unavailable(exc: BaseException) -> Unavailable:
+def unavailable(exc: BaseException) -> Unavailable:
     return Unavailable(f"Redis unreachable: {type(exc).__name__}: {exc}")
 
 
@@ -180,7 +182,7 @@ def _wrapped(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         except Unavailable:
             raise
         except REDIS_DOWN as exc:
-            raise _unavailable(exc) from exc
+            raise unavailable(exc) from exc
 
     return call
 

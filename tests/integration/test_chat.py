@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from pathlib import Path
 
@@ -427,3 +428,37 @@ async def test_both_sides_of_a_direct_conversation_at_once_arrive_in_order(
     for client in (ann2, bob2, ann, bob):
         got = [m["id"] for m in await client.messages(80, timeout=20)]
         assert got == order
+
+
+async def test_sends_written_at_once_are_stored_and_answered_in_order(
+    deployment: Deployment,
+) -> None:
+    """A client writes 100 sends, a history request and 50 more sends in one go,
+    then half-closes. Its sends join the store's batches without waiting for each
+    other's answer, yet they are stored, acked and delivered in the order written;
+    the history has every send before it; every line is answered before the close."""
+    bob = await deployment.login("bob")
+    reader, writer = await asyncio.open_connection("127.0.0.1", deployment.port)
+    writer.write(b'{"op":"login","user":"amy","password":"pw"}\n')
+    while json.loads(await asyncio.wait_for(reader.readline(), 10))["type"] != "synced":
+        pass
+    lines: list[dict[str, object]] = [
+        {"op": "send", "to": "bob", "text": f"m{i:03d}", "rid": i} for i in range(150)
+    ]
+    lines.insert(100, {"op": "history", "with": "bob", "limit": 200, "rid": "h"})
+    writer.write(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+    writer.write_eof()
+    answers = []
+    while line := await asyncio.wait_for(reader.readline(), 20):
+        ev = json.loads(line)
+        if ev["type"] != "message":  # amy's own echoes
+            answers.append(ev)
+    writer.close()
+    assert [ev["type"] for ev in answers] == ["ack"] * 100 + ["history"] + ["ack"] * 50
+    history = answers.pop(100)
+    assert [ev["rid"] for ev in answers] == list(range(150))
+    ids = [ev["id"] for ev in answers]
+    assert ids == sorted(ids, key=parse_stream_id) and len(set(ids)) == 150
+    assert [m["id"] for m in history["messages"]] == ids[:100]
+    got = await bob.messages(150, timeout=20)
+    assert [(m["id"], m["text"]) for m in got] == [(i, f"m{n:03d}") for n, i in enumerate(ids)]

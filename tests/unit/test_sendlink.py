@@ -11,9 +11,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.store import Keys, Store, make_redis
+from gateway.errors import Unavailable
+from gateway.protocol import parse_stream_id
+from gateway.store import Keys, ModerationLimits, SendResult, Store, make_redis
 from gateway.store.sendlink import SendLink
-from tests.support import RedisServer
+from tests.support import Outcomes, RedisServer
 
 
 @pytest.fixture
@@ -85,3 +87,48 @@ async def test_the_store_sends_by_the_link_and_reloads_a_lost_script(client: Red
     texts = [m.text for m in await store.messages.read_last("#general", 10)]
     assert texts == ["one", "two"] and first.id < second.id
     await store.close()
+
+
+async def test_send_now_queues_only_what_the_caches_let_through_in_order(
+    client: Redis, own_redis: list[RedisServer]
+) -> None:
+    store = Store(client, Keys("t"), moderation=ModerationLimits(rate_limit=20))
+    outcomes = Outcomes()
+    await store.accounts.login("Bob", "pw")
+    await store.accounts.login("amy", "pw")
+    # Not yet: amy's standing (not banned) was never looked up in this process.
+    assert not store.send_now("amy", "bob", "hi", None, outcomes)
+    await store.send("amy", "#general", "#general", "first")  # asks Redis; counts, too
+    fresh = Store(client, Keys("t"))
+    await fresh.send("amy", "dm:amy:bob", "Bob", "from another store")
+    assert not fresh.send_now("amy", "bob", "hi", None, outcomes)  # Bob's name: unknown
+    # Known: her standing and Bob's name. A public room's quota, another room's
+    # membership: never without Redis.
+    await store.resolve("amy", "bob")
+    assert not store.send_now("amy", "#general", "hi", None, outcomes)
+    assert not store.send_now("amy", "#side", "hi", None, outcomes)
+    assert outcomes.items == []
+    await store.admit("amy", "dm:amy:bob", None)  # her standing, fresh (kept half a second)
+    for i in range(30):
+        assert store.send_now("amy", "BOB", f"m{i}", f"c{i % 20}", outcomes)
+    got = await outcomes.wait(30)
+    assert all(isinstance(o, SendResult) for o in got)
+    ids = [o.id for o in got]
+    # In the order queued; the last ten reuse a cid: retries, answered with the first id.
+    assert ids[20:] == ids[:10] and ids[:20] == sorted(ids[:20], key=parse_stream_id)
+    stored = await store.messages.read_last("dm:amy:bob", 50)
+    assert [m.text for m in stored] == ["from another store"] + [f"m{i}" for i in range(20)]
+    assert [m.to for m in stored[1:]] == ["Bob"] * 20  # the display name, whatever was typed
+    # Redis stalls: every queued send hears of it in time, as unavailable.
+    outcomes = Outcomes()
+    assert store.messages.link is not None
+    store.messages.link.timeout_s = 0.5
+    own_redis[0].pause()
+    try:
+        assert store.send_now("amy", "bob", "lost?", None, outcomes)
+        (lost,) = await outcomes.wait(1, timeout=5)
+    finally:
+        own_redis[0].resume()
+    assert isinstance(lost, Unavailable)
+    await store.close()
+    await fresh.close()

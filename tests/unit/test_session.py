@@ -7,10 +7,12 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
+from gateway.errors import Unavailable
 from gateway.net.outbox import Flusher
-from gateway.net.session import Session, State
+from gateway.net.session import MAX_SENDS_IN_FLIGHT, Session, State
 from gateway.protocol import Message
 from gateway.settings import GatewaySettings
+from gateway.store import SendResult
 
 
 class FakeTransport:
@@ -49,9 +51,11 @@ class FakeTransport:
         return [json.loads(line) for line in self.data.splitlines() if line]
 
 
-def live_session(store: Any) -> tuple[Session, FakeTransport]:
+def live_session(
+    store: Any, settings: GatewaySettings | None = None
+) -> tuple[Session, FakeTransport]:
     gateway = SimpleNamespace(
-        settings=GatewaySettings(),
+        settings=settings or GatewaySettings(),
         store=store,
         flusher=Flusher(0),
         hub=SimpleNamespace(leave=lambda s: None, mark_delivered=lambda *a: None),
@@ -78,3 +82,65 @@ async def test_live_messages_already_sent_are_not_sent_again() -> None:
     session.deliver("#general", Message("4-0", "bob", "#general", "old", 4, raw=raw))
     await asyncio.sleep(0.01)
     assert transport.data.count(raw) == 1
+
+
+class QueuingStore:
+    """Takes every send as ``Store.send_now`` would and holds its callback, so a
+    test answers them when it likes."""
+
+    def __init__(self) -> None:
+        self.queued: list[tuple[str, Any]] = []
+
+    def send_now(self, sender: str, target: str, text: str, cid: str | None, done: Any) -> bool:
+        self.queued.append((text, done))
+        return True
+
+
+def sends(n: int) -> bytes:
+    return b"".join(b'{"op":"send","to":"bob","text":"m%d","rid":%d}\n' % (i, i) for i in range(n))
+
+
+async def test_sends_are_queued_without_waiting_up_to_a_bound_and_answered_in_order() -> None:
+    store = QueuingStore()
+    session, transport = live_session(store, GatewaySettings(conn_send_rate=0))
+    await asyncio.sleep(0.01)
+    transport.data.clear()  # the pong that picked the framing
+    session.data_received(sends(100) + b'{"op":"ping","rid":"p"}\n')
+    await asyncio.sleep(0.01)
+    # No send waited for another's answer, up to the bound; nothing answered yet.
+    assert [text for text, _ in store.queued] == [f"m{i}" for i in range(MAX_SENDS_IN_FLIGHT)]
+    assert transport.events() == []
+    for n in range(10):  # ten answers let ten more in
+        store.queued[n][1](SendResult(f"{n + 1}-0", duplicate=False))
+    await asyncio.sleep(0.01)
+    assert len(store.queued) == MAX_SENDS_IN_FLIGHT + 10
+    store.queued[10][1](Unavailable("Redis unreachable"))  # one failed: said, and it goes on
+    for n in range(11, 100):
+        await asyncio.sleep(0)
+        store.queued[n][1](SendResult(f"{n + 1}-0", duplicate=False))
+    await asyncio.sleep(0.01)
+    events = transport.events()
+    # Every send answered in order, and the ping (not a send) only after all of them.
+    assert [(ev["type"], ev.get("rid")) for ev in events] == [
+        ("error" if n == 10 else "ack", n) for n in range(100)
+    ] + [("pong", "p")]
+    assert events[10]["code"] == "unavailable"
+    assert [ev["id"] for ev in events[:10]] == [f"{n + 1}-0" for n in range(10)]
+    assert session.state is State.LIVE and session.busy is None
+
+
+async def test_a_client_gone_with_sends_in_flight_costs_nothing_later() -> None:
+    store = QueuingStore()
+    session, transport = live_session(store, GatewaySettings(conn_send_rate=0))
+    await asyncio.sleep(0.01)
+    transport.data.clear()  # the pong that picked the framing
+    session.data_received(sends(5))
+    await asyncio.sleep(0.01)
+    assert len(store.queued) == 5
+    transport.closing = True
+    session.connection_lost(None)
+    for n, (_, done) in enumerate(store.queued):  # the batch comes back after all
+        done(SendResult(f"{n + 1}-0", duplicate=False))
+    await asyncio.sleep(0.01)
+    assert session.state is State.CLOSED and session.busy is None
+    assert transport.events() == []

@@ -15,6 +15,7 @@ from gateway.store import LoginLimits, Store, hash_password, now_ms, verify_pass
 from gateway.store.keys import Keys, dm_conversation
 from gateway.store.redis import is_cluster, load_lua
 from tests.channels import listener
+from tests.support import Outcomes
 
 
 @pytest.fixture
@@ -285,11 +286,13 @@ async def test_a_direct_conversation_is_registered_before_its_first_message(
     # own earlier check is skipped here): registering comes first, so a recipient
     # logging in meanwhile cannot miss the message.
     k = store.keys
-    with pytest.raises(ClientError):
-        await store.messages.send(
-            "yan", "dm:yan:zoe", "zoe", "hi", channels=[], reply_to="1-0",
-            lists=(k.conversations("yan"), k.conversations("zoe")),
-        )  # fmt: skip
+    outcomes = Outcomes()
+    store.messages.queue(
+        "yan", "dm:yan:zoe", "zoe", "hi", channels=[], on_done=outcomes, reply_to="1-0",
+        lists=(k.conversations("yan"), k.conversations("zoe")),
+    )  # fmt: skip
+    (refused,) = await outcomes.wait(1)
+    assert isinstance(refused, ClientError) and refused.code == "not_found"
     assert await store.cursors.conversations("zoe") == ["#general", "dm:yan:zoe"]
 
 
