@@ -18,9 +18,10 @@ Bounds on what a peer can make it do:
   commands run one at a time, and the worker yields to the loop every
   ``WORK_SLICE`` requests, so one client's flood cannot stall the others; the
   one exception is a run of sends that the gateway's caches let through
-  (``chat.send_now``): up to ``MAX_SENDS_IN_FLIGHT`` of them join the store's
-  batches without waiting for each other's answer, and any other command waits
-  until they are answered, so answers still come in order;
+  (``chat.send_now``): up to ``MAX_SENDS_IN_FLIGHT`` of them, with texts of up
+  to ``MAX_UNREAD_BYTES`` characters in all, join the store's batches without
+  waiting for each other's answer, and any other command waits until they are
+  answered, so answers still come in order;
 - errors: a client earning more than ``ERROR_BURST`` error replies at once
   (refilled at ``ERROR_RATE`` per second) gets one last error and is closed;
 - sends: ``conn_send_rate`` per second, with a burst of ``conn_send_burst``;
@@ -152,11 +153,11 @@ class Session(asyncio.Protocol):
     __slots__ = (
         "_counted", "_eof", "_errors", "_first", "_heartbeat_at", "_held", "_held_bytes",
         "_held_events", "_lingering", "_reading_paused", "_reads", "_request_began",
-        "_room_changes", "_room_worker", "_sends", "_sends_below", "_sends_in_flight",
-        "_token", "_token_checked", "_token_task", "_upload_bytes", "_wake", "_wake_on_input",
-        "_worker", "base_url", "codec", "created", "ctx", "gw", "http",
-        "joined_ms", "last_heard", "last_sent", "outbox", "peer", "peer_address", "rooms",
-        "settings", "state", "token_id", "transport", "user",
+        "_room_changes", "_room_worker", "_send_chars_in_flight", "_sends", "_sends_below",
+        "_sends_in_flight", "_token", "_token_checked", "_token_task", "_upload_bytes",
+        "_wake", "_wake_on_input", "_worker", "base_url", "codec", "created", "ctx", "gw",
+        "http", "joined_ms", "last_heard", "last_sent", "outbox", "peer", "peer_address",
+        "rooms", "settings", "state", "token_id", "transport", "user",
     )  # fmt: skip
 
     def __init__(self, gateway: Gateway) -> None:
@@ -189,6 +190,7 @@ class Session(asyncio.Protocol):
         self._reads = TokenBucket(s.conn_send_rate, s.conn_send_burst)  # status, history, ...
         # Sends queued without a wait (chat.send_now), and the worker's wait on them.
         self._sends_in_flight = 0
+        self._send_chars_in_flight = 0  # their texts' length, bounded as unread input is
         self._wake: asyncio.Future[None] | None = None
         self._sends_below = 0  # ... wakes it once fewer are in flight than this
         self._wake_on_input = False  # ... or when the client sends more
@@ -713,8 +715,11 @@ class Session(asyncio.Protocol):
                 continue
             self._resume_reading_if_drained()
             if type(item) is Send and self._send_now(item):
-                if self._sends_in_flight >= MAX_SENDS_IN_FLIGHT:
-                    await self._sends_settle(MAX_SENDS_IN_FLIGHT - 1)
+                while (
+                    self._sends_in_flight >= MAX_SENDS_IN_FLIGHT
+                    or self._send_chars_in_flight >= MAX_UNREAD_BYTES
+                ):
+                    await self._sends_settle(self._sends_in_flight - 1)
             else:
                 # Answers go in order, and a command sees the sends made before it.
                 await self._sends_settle(0)
@@ -738,11 +743,13 @@ class Session(asyncio.Protocol):
             return False
         self._sends.take()
         self._sends_in_flight += 1
+        self._send_chars_in_flight += len(cmd.text)
         return True
 
     def _sent(self, cmd: Send, error: Exception | None) -> None:
         """A send queued by ``_send_now`` is answered: its ack went out, or ``error``."""
         self._sends_in_flight -= 1
+        self._send_chars_in_flight -= len(cmd.text)
         if error is not None:
             self._answer(self._failure(error, self.user, cmd.rid))
         if self._sends_in_flight < self._sends_below:

@@ -9,7 +9,7 @@ from typing import Any
 
 from gateway.errors import Unavailable
 from gateway.net.outbox import Flusher
-from gateway.net.session import MAX_SENDS_IN_FLIGHT, Session, State
+from gateway.net.session import MAX_SENDS_IN_FLIGHT, MAX_UNREAD_BYTES, Session, State
 from gateway.protocol import Message
 from gateway.settings import GatewaySettings
 from gateway.store import SendResult
@@ -144,3 +144,17 @@ async def test_a_client_gone_with_sends_in_flight_costs_nothing_later() -> None:
     await asyncio.sleep(0.01)
     assert session.state is State.CLOSED and session.busy is None
     assert transport.events() == []
+
+
+async def test_long_sends_in_flight_are_bounded_by_their_length_too() -> None:
+    store = QueuingStore()
+    session, _ = live_session(store, GatewaySettings(conn_send_rate=0))
+    text = "x" * 3000
+    line = b'{"op":"send","to":"bob","text":"%s"}\n' % text.encode()
+    session.data_received(line * 40)
+    await asyncio.sleep(0.01)
+    held = -(-MAX_UNREAD_BYTES // len(text))  # the first to reach the bound waits there
+    assert len(store.queued) == held < MAX_SENDS_IN_FLIGHT
+    store.queued[0][1](SendResult("1-0", duplicate=False))
+    await asyncio.sleep(0.01)
+    assert len(store.queued) == held + 1
