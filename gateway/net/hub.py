@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ from gateway.protocol import (
     Message,
     ReportWarning,
     format_stream_id,
-    message_from_dict,
+    published_from_json,
     pushed_from_dict,
 )
 from gateway.store import GENERAL, Keys, Store, dm_conversation, now_ms
@@ -359,13 +358,13 @@ class Hub:
         msg = seen.get(data)
         if msg is None:
             try:
-                obj = json.loads(data)
-                if obj.get("type") != "message":
-                    return obj if isinstance(obj, dict) else None
-                msg = seen[data] = message_from_dict(obj, raw=data + b"\n")
+                got = published_from_json(data)
             except (ValueError, KeyError, TypeError, AttributeError):
                 log.warning("dropped a malformed event on %s", channel[:100])
                 return None
+            if not isinstance(got, Message):
+                return got
+            msg = seen[data] = got
         if route.user is None:
             return msg.to, msg
         conversation = dm_conversation(msg.from_, msg.to)

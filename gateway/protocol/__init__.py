@@ -45,6 +45,7 @@ from gateway.protocol.events import (
     event_to_dict,
     message_from_dict,
     message_json_tail,
+    published_from_json,
     pushed_from_dict,
 )
 from gateway.protocol.framing import (
@@ -155,6 +156,7 @@ __all__ = [
     "message_json_tail",
     "parse_stream_id",
     "printable",
+    "published_from_json",
     "pushed_from_dict",
     "valid_name",
 ]

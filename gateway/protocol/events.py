@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import json.encoder
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -64,6 +65,7 @@ __all__ = [
     "message_dict",
     "message_from_dict",
     "message_json_tail",
+    "published_from_json",
     "pushed_from_dict",
     "schedule_event_from_dict",
     "scheduled_from_dict",
@@ -739,6 +741,34 @@ def message_from_dict(d: Mapping[str, Any], raw: bytes | None = None) -> Message
         file=None if file is None else file_from_dict(file),
         raw=raw,
     )
+
+
+# A message as the send step publishes it when it has nothing but its sender, its
+# conversation and a text with no escapes: most of them. Its strings are exactly
+# their JSON values (no backslash, no control character), so it needs no parser.
+_PLAIN_MESSAGE: Final = re.compile(
+    rb'\{"type":"message","id":"([0-9]+-[0-9]+)","ts":(0|[1-9][0-9]{0,19}),'
+    rb'"from":"([^"\\\x00-\x1f]*)","to":"([^"\\\x00-\x1f]*)","text":"([^"\\\x00-\x1f]*)"\}'
+)
+
+
+def published_from_json(data: bytes) -> Message | dict[str, Any]:
+    """An event as published on a channel: a message (``raw``: its JSON line), or
+    any other event as its JSON object. Raises ``ValueError`` (or ``KeyError``,
+    ``TypeError``) for what is neither; the result is what ``json.loads`` and
+    ``message_from_dict`` make of it, the common case without either."""
+    plain = _PLAIN_MESSAGE.fullmatch(data)
+    if plain is None:
+        obj = json.loads(data)
+        if not isinstance(obj, dict):
+            raise ValueError("an event is a JSON object")
+        if obj.get("type") != "message":
+            return obj
+        return message_from_dict(obj, raw=data + b"\n")
+    sid, ts, from_, to, text = (part.decode() for part in plain.groups())
+    msg = Message(id=sid, from_=from_, to=to, text=text, ts=int(ts), raw=data + b"\n")
+    object.__setattr__(msg, "_key", parse_stream_id(sid))  # refuses an id out of range
+    return msg
 
 
 def pushed_from_dict(d: Mapping[str, Any]) -> Event | None:

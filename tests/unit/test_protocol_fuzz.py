@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +28,10 @@ from gateway.protocol import (
     Send,
     TextCodec,
     detect_framing,
+    message_from_dict,
+    published_from_json,
 )
+from gateway.protocol.events import message_json_tail
 
 COMMAND_TYPES = Command.__args__
 SMALL_LINE = 64  # small enough that hypothesis easily makes overlong lines
@@ -180,3 +184,75 @@ def test_split_helper_keeps_bytes_and_codecs_parse_known_lines() -> None:
     assert not isinstance(ping, Error) and ping.rid == 7
     assert isinstance(TextCodec().feed(b"/login a b\n")[0], Login)
     assert isinstance(TextCodec().feed(b"hi\n")[0], Send)
+
+
+# -- events as published: the plain message's fast path reads what JSON reads --------
+
+
+def _json_path(data: bytes) -> Message | dict[str, Any]:
+    obj = json.loads(data)
+    if not isinstance(obj, dict):
+        raise ValueError("not an object")
+    if obj.get("type") != "message":
+        return obj
+    return message_from_dict(obj, raw=data + b"\n")
+
+
+# Real names and texts (which take the fast path), and any text at all.
+names = st.from_regex(r"[A-Za-z0-9_.-]{1,12}", fullmatch=True) | st.text(max_size=12)
+texts = st.from_regex(r" ?[ -~é€😀]{0,40} ?", fullmatch=True) | st.text(max_size=60)
+ids = st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
+
+
+@settings(max_examples=400)
+@given(
+    sid=ids,
+    from_=names,
+    to=names,
+    text=texts,
+    reply_to=st.none() | st.just("1-0"),
+    scheduled=st.booleans(),
+)
+def test_published_messages_read_as_json_reads_them(
+    sid: tuple[int, int], from_: str, to: str, text: str, reply_to: str | None, scheduled: bool
+) -> None:
+    """As send.lua publishes: the id, its time, then the tail the gateway made."""
+    tail = message_json_tail(from_, to, text, reply_to, scheduled=scheduled)
+    data = f'{{"type":"message","id":"{sid[0]}-{sid[1]}","ts":{sid[0]}{tail}'.encode(
+        errors="surrogatepass"
+    )
+    try:
+        expected = _json_path(data)
+    except ValueError:  # a lone surrogate: not UTF-8, refused either way
+        with pytest.raises(ValueError):
+            published_from_json(data)
+        return
+    got = published_from_json(data)
+    assert isinstance(got, Message) and isinstance(expected, Message)
+    assert got == expected and got.raw == expected.raw and got.key == sid
+
+
+field = st.text(alphabet='ab 0"\\\x01\x1fé\ud800', max_size=5)
+near_messages = st.builds(
+    '{{"type":"message","id":"{}","ts":{},"from":"{}","to":"{}","text":"{}"}}'.format,
+    st.sampled_from(["1-0", "01-0", "1-", "99999999999999999999999-0"]) | field,
+    st.sampled_from(["1", "0", "01", "-1", "1.5", "1e3", "99999999999999999999999"]) | field,
+    field,
+    field,
+    field,
+).map(lambda text: text.encode(errors="surrogatepass"))
+
+
+@settings(max_examples=600)
+@given(st.binary(max_size=120) | near_messages)
+def test_anything_published_reads_as_json_reads_it_or_is_refused(data: bytes) -> None:
+    try:
+        expected: Any = _json_path(data)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        with pytest.raises((ValueError, KeyError, TypeError, AttributeError)):
+            published_from_json(data)
+        return
+    got = published_from_json(data)
+    assert got == expected
+    if isinstance(got, Message):
+        assert got.raw == expected.raw
