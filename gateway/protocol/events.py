@@ -57,6 +57,7 @@ __all__ = [
     "ThreadResult",
     "UploadReady",
     "Welcome",
+    "ack_line",
     "dumps",
     "event_to_dict",
     "file_dict",
@@ -471,11 +472,23 @@ def _compact_encoder() -> Callable[[Any], str]:
 
 
 compact_json: Final = _compact_encoder()
+# One JSON string, as compact_json writes strings (ensure_ascii=False).
+_json_str: Final = json.encoder.encode_basestring
 
 
 def dumps(obj: Any) -> bytes:
     """One JSON line, compact, UTF-8: the form of every JSON-lines event."""
     return compact_json(obj).encode() + b"\n"
+
+
+def ack_line(ev: Ack) -> bytes:
+    """``dumps(event_to_dict(ev))`` without the dict: every send is answered with one."""
+    cid = "null" if ev.cid is None else _json_str(ev.cid)
+    rid = ev.rid
+    if rid is None:
+        return f'{{"type":"ack","id":{_json_str(ev.id)},"cid":{cid}}}\n'.encode()
+    rid_json = str(rid) if type(rid) is int else compact_json(rid)
+    return f'{{"type":"ack","id":{_json_str(ev.id)},"cid":{cid},"rid":{rid_json}}}\n'.encode()
 
 
 def file_dict(f: FileInfo) -> dict[str, Any]:
@@ -512,6 +525,8 @@ def message_json_tail(
     file: FileInfo | None = None,
 ) -> str:
     """What follows ``{"type":"message","id":"<id>","ts":<ms>`` in a published message."""
+    if not reply_to and file is None and not scheduled:  # most: no dict, one format
+        return f',"from":{_json_str(from_)},"to":{_json_str(to)},"text":{_json_str(text)}}}'
     tail: dict[str, Any] = {"from": from_, "to": to, "text": text}
     if reply_to:
         tail["reply_to"] = reply_to

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-from gateway.protocol.events import Event, Message, Rid, dumps, event_to_dict
+from gateway.protocol.events import Ack, Event, Message, Rid, ack_line, dumps, event_to_dict
 from gateway.protocol.framing import Codec, Framing, LiveRun, decode_line
 from gateway.protocol.ops import Command, Reject, TextContext, parse_json_request
 from gateway.protocol.values import MAX_RID_CHARS
@@ -82,6 +82,8 @@ class JsonCodec(Codec):
             raise _RejectWithRid(exc.code, exc.message, rid) from None
 
     def encode(self, ev: Event) -> bytes:
+        if type(ev) is Ack:
+            return ack_line(ev)
         if isinstance(ev, Message) and ev.raw is not None and not ev.replay:
             return ev.raw
         return dumps(event_to_dict(ev))

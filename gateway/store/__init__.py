@@ -103,6 +103,8 @@ class Store:
         self.presence = Presence(redis, keys)
         self.rooms = Rooms(redis, keys, self.scripts)
         self._private: dict[str, tuple[bool, float]] = {}  # room -> (private, when looked up)
+        # send_now's (sender, target as typed) -> (conversation, to, channels, lists)
+        self._routes: dict[tuple[str, str], tuple[str, str, list[str], tuple[str, str] | None]] = {}
         # The gateway and the worker pass their settings; a bare Store has no rate limit.
         limits = moderation or ModerationLimits(rate_limit=0, idempotency_ttl_s=idempotency_ttl_s)
         self.moderation = Moderation(redis, keys, self.scripts, limits)
@@ -120,6 +122,7 @@ class Store:
         """Redis may have lost data (it restarted): look everything up again."""
         self.accounts.forget_cached()
         self.messages.forget_cached()
+        self._routes.clear()  # a name it holds may be gone
 
     # -- conversations from a reader's side ---------------------------------------
     async def resolve(self, me: str, target: str) -> tuple[str, str]:
@@ -239,18 +242,25 @@ class Store:
         queues sends in order has them stored, and answered, in that order."""
         if self.messages.link is None:
             return False
-        if is_room(target):
-            if target.lower() != GENERAL:
-                return False  # a room's privacy and membership: ``send`` checks them
-            conversation = to = GENERAL
-        else:
-            found = self.accounts.cached_name(target)
-            if found is None:
-                return False
-            conversation, to = dm_conversation(sender, found), found
+        route = self._routes.get((sender, target))
+        if route is None:
+            if is_room(target):
+                if target.lower() != GENERAL:
+                    return False  # a room's privacy and membership: ``send`` checks them
+                conversation = to = GENERAL
+            else:
+                found = self.accounts.cached_name(target)
+                if found is None:
+                    return False
+                conversation, to = dm_conversation(sender, found), found
+            # Display names never change once claimed: the route holds.
+            route = (conversation, to, *self._route(sender, conversation, to))
+            if len(self._routes) >= 100_000:
+                self._routes.clear()
+            self._routes[(sender, target)] = route
+        conversation, to, channels, lists = route
         if not self.moderation.cleared(sender, counts=conversation == GENERAL):
             return False
-        channels, lists = self._route(sender, conversation, to)
         self.messages.queue(
             sender, conversation, to, text, channels=channels, on_done=on_done, cid=cid, lists=lists
         )

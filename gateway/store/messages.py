@@ -180,6 +180,7 @@ class Messages:
         self._in_flight = False  # a batch is on the link
         self._flushes: set[asyncio.Task[None]] = set()
         self._touched: dict[str, int] = {}  # direct conversation -> when last listed (ms)
+        self._keys: dict[tuple[str, str], tuple[str, str, str, str]] = {}  # see _keys_of
 
     # -- lifetime -------------------------------------------------------------
     def min_id(self) -> str:
@@ -233,10 +234,11 @@ class Messages:
         ``file``: a file message's file (stored already), kept with the message.
         """
         k = self.keys
-        stream = k.stream(conversation)
+        sharded = self.scripts.sharded
+        stream, seq, replies, log_key = self._keys_of(conversation, sender)
         stored_file = file_json(file) if file is not None else ""
-        in_step, crossing = list(channels), tuple[str, ...]()
-        if self.scripts.sharded:
+        in_step, crossing = channels, tuple[str, ...]()
+        if sharded:
             # A script may publish only on its own slot's channels: a room's, not the
             # two users' of a direct message, which are published right after it.
             tag = hash_tag(stream)
@@ -259,14 +261,16 @@ class Messages:
             quote.text if quote else "",
             "1" if scheduled else "",
             stored_file,
-            "" if self.scripts.sharded else self.history_max_len,  # the log in the step
+            "" if sharded else self.history_max_len,  # the log in the step
             *in_step,
         ]
-        log_fields = {"id": "", "to": to, "text": text}
-        if reply_to:
-            log_fields["reply_to"] = reply_to
-        if stored_file:
-            log_fields["file"] = stored_file
+        log_fields = {}
+        if sharded:  # the log is written after the step, from these
+            log_fields = {"id": "", "to": to, "text": text}
+            if reply_to:
+                log_fields["reply_to"] = reply_to
+            if stored_file:
+                log_fields["file"] = stored_file
         touch = None
         if lists is not None and self._due_touch(conversation):
             touch = (lists[0], lists[1], conversation)
@@ -274,14 +278,14 @@ class Messages:
             keys=(
                 stream,
                 k.sent(conversation, sender, cid) if cid else stream,
-                k.seq(conversation),
+                seq,
                 k.members(conversation) if member else stream,
-                k.replies(conversation),
+                replies,
                 k.thread(conversation, reply_to) if reply_to else stream,
-                stream if self.scripts.sharded else k.log(sender),
+                stream if sharded else log_key,
             ),
             args=args,
-            log_key=k.log(sender),
+            log_key=log_key,
             log_fields=log_fields,
             touch=touch,
             on_done=on_done,
@@ -292,6 +296,21 @@ class Messages:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._start_flush)
+
+    def _keys_of(self, conversation: str, sender: str) -> tuple[str, str, str, str]:
+        """The keys every send of ``sender`` to ``conversation`` writes: its stream,
+        its counter, its reply counts, the sender's log (built once, not per send)."""
+        cache_key = (conversation, sender)
+        found = self._keys.get(cache_key)
+        if found is None:
+            k = self.keys
+            found = (
+                k.stream(conversation), k.seq(conversation), k.replies(conversation), k.log(sender)
+            )  # fmt: skip
+            if len(self._keys) >= _CACHE_MAX:
+                self._keys.clear()
+            self._keys[cache_key] = found
+        return found
 
     def _due_touch(self, conversation: str) -> bool:
         last = self._touched.get(conversation)

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.protocol import (
+    Ack,
     Codec,
     Command,
     Error,
@@ -31,7 +32,13 @@ from gateway.protocol import (
     message_from_dict,
     published_from_json,
 )
-from gateway.protocol.events import message_json_tail
+from gateway.protocol.events import (
+    ack_line,
+    compact_json,
+    dumps,
+    event_to_dict,
+    message_json_tail,
+)
 
 COMMAND_TYPES = Command.__args__
 SMALL_LINE = 64  # small enough that hypothesis easily makes overlong lines
@@ -256,3 +263,24 @@ def test_anything_published_reads_as_json_reads_it_or_is_refused(data: bytes) ->
     assert got == expected
     if isinstance(got, Message):
         assert got.raw == expected.raw
+
+
+# -- the hot path's hand-made JSON is the JSON the encoder makes --------------------
+
+
+@settings(max_examples=300)
+@given(
+    sid=st.text(max_size=30),
+    rid=st.none() | st.integers() | st.text(max_size=64),
+    cid=st.none() | st.text(max_size=64),
+)
+def test_an_ack_line_is_the_encoders_line(sid: str, rid: str | int | None, cid: str | None) -> None:
+    ack = Ack(sid, rid=rid, cid=cid)
+    assert ack_line(ack) == dumps(event_to_dict(ack))
+
+
+@settings(max_examples=300)
+@given(from_=names, to=names, text=texts)
+def test_a_plain_message_tail_is_the_encoders_tail(from_: str, to: str, text: str) -> None:
+    tail = message_json_tail(from_, to, text, None)
+    assert tail == "," + compact_json({"from": from_, "to": to, "text": text})[1:]
