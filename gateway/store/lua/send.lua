@@ -1,8 +1,9 @@
 -- One message, one atomic step on one conversation's keys: check the sender may
 -- write here (a room's member), dedupe by client id, check the replied-to message,
 -- number it, append (marked if it was scheduled, with its file if it carries one),
--- trim, count it in its thread, remember the client id, log it in the sender's log
--- (on a single Redis; on a cluster that key is in another slot: logged after), publish.
+-- trim now and then, count it in its thread, remember the client id, log it in the
+-- sender's log (on a single Redis; on a cluster that key is in another slot: logged
+-- after), publish.
 -- Returns {1, id} stored, {0, id} a retry of a stored message, {-1, ''} no such
 -- reply_to, {-2, ''} not a member of the room.
 local stream, cid_key, seq_key = KEYS[1], KEYS[2], KEYS[3]
@@ -54,7 +55,9 @@ if reply_to ~= '' then
     redis.call('PEXPIRE', thread_key, ttl_ms)
   end
 end
-if min_id ~= '' then redis.call('XTRIM', stream, 'MINID', '~', min_id) end
+-- Expired entries go every 16th message (reads skip them meanwhile; the worker
+-- trims quiet conversations).
+if min_id ~= '' and n % 16 == 0 then redis.call('XTRIM', stream, 'MINID', '~', min_id) end
 if has_cid then redis.call('SET', cid_key, id, 'EX', cid_ttl_s) end
 if log_max_len ~= '' then
   local entry = {'id', id, 'to', to, 'text', text}
