@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -14,6 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gateway.errors import Unavailable
 from gateway.protocol import parse_stream_id
 from gateway.store import Keys, ModerationLimits, SendResult, Store, make_redis
+from gateway.store.messages import LINK_BATCH_MAX
 from gateway.store.sendlink import SendLink
 from tests.support import Outcomes, RedisServer
 
@@ -134,3 +136,31 @@ async def test_send_now_queues_only_what_the_caches_let_through_in_order(
     assert not store.send_now("amy", "bob", "hi", None, outcomes)
     await store.close()
     await fresh.close()
+
+
+async def test_a_long_queue_goes_in_bounded_batches_in_order(client: Redis) -> None:
+    """However many sends wait, a batch holds at most LINK_BATCH_MAX of them, so its
+    time in Redis stays far below the link's timeout; the rest follow in order."""
+    store = Store(client, Keys("t"))
+    link = store.messages.link
+    assert link is not None
+    sizes: list[int] = []
+    run = link.run
+
+    async def spy(commands: Sequence[Sequence[Any]]) -> list[Any]:
+        sizes.append(len(commands))
+        return await run(commands)
+
+    link.run = spy  # type: ignore[method-assign]
+    await store.accounts.login("zed", "pw")
+    await store.send("zed", "#general", "#general", "first")  # zed's standing, looked up
+    sizes.clear()
+    outcomes = Outcomes()
+    count = 2 * LINK_BATCH_MAX + 10
+    for i in range(count):
+        assert store.send_now("zed", "#general", f"m{i}", None, outcomes)
+    got = await outcomes.wait(count, timeout=30)
+    assert sizes == [LINK_BATCH_MAX, LINK_BATCH_MAX, 10]
+    ids = [o.id for o in got]
+    assert ids == sorted(ids, key=parse_stream_id) and len(set(ids)) == count
+    await store.close()
