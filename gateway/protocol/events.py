@@ -780,9 +780,17 @@ def published_from_json(data: bytes) -> Message | dict[str, Any]:
         if obj.get("type") != "message":
             return obj
         return message_from_dict(obj, raw=data + b"\n")
+    sid_b, ts, from_, to, text = plain.groups()
+    sid = sid_b.decode()  # digits and a dash
     # As json.loads decodes bytes (lone surrogates pass; a message checked them at input).
-    sid, ts, from_, to, text = (part.decode("utf-8", "surrogatepass") for part in plain.groups())
-    msg = Message(id=sid, from_=from_, to=to, text=text, ts=int(ts), raw=data + b"\n")
+    msg = Message(
+        id=sid,
+        from_=from_.decode("utf-8", "surrogatepass"),
+        to=to.decode("utf-8", "surrogatepass"),
+        text=text.decode("utf-8", "surrogatepass"),
+        ts=int(ts),
+        raw=data + b"\n",
+    )
     object.__setattr__(msg, "_key", parse_stream_id(sid))  # refuses an id out of range
     return msg
 
