@@ -59,6 +59,7 @@ __all__ = [
     "Welcome",
     "ack_line",
     "dumps",
+    "event_from_json",
     "event_to_dict",
     "file_dict",
     "file_from_dict",
@@ -774,12 +775,7 @@ def published_from_json(data: bytes) -> Message | dict[str, Any]:
     ``message_from_dict`` make of it, the common case without either."""
     plain = _PLAIN_MESSAGE.fullmatch(data)
     if plain is None:
-        obj = json.loads(data)
-        if not isinstance(obj, dict):
-            raise ValueError("an event is a JSON object")
-        if obj.get("type") != "message":
-            return obj
-        return message_from_dict(obj, raw=data + b"\n")
+        return event_from_json(data)
     sid_b, ts, from_, to, text = plain.groups()
     sid = sid_b.decode()  # digits and a dash
     # As json.loads decodes bytes (lone surrogates pass; a message checked them at input).
@@ -793,6 +789,16 @@ def published_from_json(data: bytes) -> Message | dict[str, Any]:
     )
     object.__setattr__(msg, "_key", parse_stream_id(sid))  # refuses an id out of range
     return msg
+
+
+def event_from_json(data: bytes) -> Message | dict[str, Any]:
+    """``published_from_json`` the long way: ``json.loads``, then ``message_from_dict``."""
+    obj = json.loads(data)
+    if not isinstance(obj, dict):
+        raise ValueError("an event is a JSON object")
+    if obj.get("type") != "message":
+        return obj
+    return message_from_dict(obj, raw=data + b"\n")
 
 
 def pushed_from_dict(d: Mapping[str, Any]) -> Event | None:

@@ -29,13 +29,13 @@ from gateway.protocol import (
     Send,
     TextCodec,
     detect_framing,
-    message_from_dict,
     published_from_json,
 )
 from gateway.protocol.events import (
     ack_line,
     compact_json,
     dumps,
+    event_from_json,
     event_to_dict,
     message_json_tail,
 )
@@ -196,15 +196,6 @@ def test_split_helper_keeps_bytes_and_codecs_parse_known_lines() -> None:
 # -- events as published: the plain message's fast path reads what JSON reads --------
 
 
-def _json_path(data: bytes) -> Message | dict[str, Any]:
-    obj = json.loads(data)
-    if not isinstance(obj, dict):
-        raise ValueError("not an object")
-    if obj.get("type") != "message":
-        return obj
-    return message_from_dict(obj, raw=data + b"\n")
-
-
 # Real names and texts (which take the fast path), and any text at all.
 names = st.from_regex(r"[A-Za-z0-9_.-]{1,12}", fullmatch=True) | st.text(max_size=12)
 texts = st.from_regex(r" ?[ -~é€😀]{0,40} ?", fullmatch=True) | st.text(max_size=60)
@@ -229,7 +220,7 @@ def test_published_messages_read_as_json_reads_them(
         errors="surrogatepass"
     )
     try:
-        expected = _json_path(data)
+        expected = event_from_json(data)
     except ValueError:  # a lone surrogate: not UTF-8, refused either way
         with pytest.raises(ValueError):
             published_from_json(data)
@@ -254,7 +245,7 @@ near_messages = st.builds(
 @given(st.binary(max_size=120) | near_messages)
 def test_anything_published_reads_as_json_reads_it_or_is_refused(data: bytes) -> None:
     try:
-        expected: Any = _json_path(data)
+        expected: Any = event_from_json(data)
     except (ValueError, KeyError, TypeError, AttributeError):
         with pytest.raises((ValueError, KeyError, TypeError, AttributeError)):
             published_from_json(data)
