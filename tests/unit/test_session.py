@@ -7,7 +7,10 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
-from gateway.errors import Unavailable
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.errors import ClientError, Unavailable
 from gateway.net.outbox import Flusher
 from gateway.net.session import MAX_SENDS_IN_FLIGHT, MAX_UNREAD_BYTES, Session, State
 from gateway.protocol import Message
@@ -158,3 +161,56 @@ async def test_long_sends_in_flight_are_bounded_by_their_length_too() -> None:
     store.queued[0][1](SendResult("1-0", duplicate=False))
     await asyncio.sleep(0.01)
     assert len(store.queued) == held + 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    kinds=st.lists(st.sampled_from(["send", "send", "send", "ping", "refused"]), max_size=60),
+    answer_after=st.lists(st.integers(0, 8), min_size=60, max_size=60),
+    chunk=st.integers(1, 200),
+)
+def test_answers_come_in_the_order_asked_however_the_batches_come_back(
+    kinds: list[str], answer_after: list[int], chunk: int
+) -> None:
+    """Sends in flight, pings among them, batches answering a few sends at a time,
+    the input split anywhere, a half-close at the end: every request is answered
+    once, in the order it was written, and the worker ends."""
+
+    async def scenario() -> None:
+        store = QueuingStore()
+        session, transport = live_session(store, GatewaySettings(conn_send_rate=0))
+        await asyncio.sleep(0)
+        transport.data.clear()
+        data = b"".join(
+            b'{"op":"ping","rid":%d}\n' % i
+            if kind == "ping"
+            else b'{"op":"send","to":"bob","text":"%s","rid":%d}\n' % (kind.encode(), i)
+            for i, kind in enumerate(kinds)
+        )
+        answered = 0
+
+        def answer(count: int) -> None:
+            nonlocal answered
+            for text, done in store.queued[answered : answered + count]:
+                if text == "refused":
+                    done(ClientError("forbidden", "no"))
+                else:
+                    done(SendResult(f"{answered + 1}-0", duplicate=False))
+                answered += 1
+
+        for n, start in enumerate(range(0, len(data), chunk)):
+            session.data_received(data[start : start + chunk])
+            await asyncio.sleep(0)
+            answer(answer_after[n % len(answer_after)])
+            await asyncio.sleep(0)
+        session.eof_received()
+        while session.busy is not None or answered < len(store.queued):
+            answer(1)
+            await asyncio.sleep(0)
+        events = transport.events()
+        assert [ev.get("rid") for ev in events] == list(range(len(kinds)))
+        expected = {"send": "ack", "ping": "pong", "refused": "error"}
+        assert [ev["type"] for ev in events] == [expected[kind] for kind in kinds]
+        assert transport.closing  # closed after the last answer
+
+    asyncio.run(scenario())
