@@ -66,6 +66,8 @@ __all__ = [
 
 
 PRIVACY_CACHE_S: Final = 5.0
+# Direct routes kept for send_now (a few hundred bytes each); past it they start over.
+ROUTES_MAX: Final = 20_000
 
 
 @boundary
@@ -103,7 +105,7 @@ class Store:
         self.presence = Presence(redis, keys)
         self.rooms = Rooms(redis, keys, self.scripts)
         self._private: dict[str, tuple[bool, float]] = {}  # room -> (private, when looked up)
-        # send_now's (sender, target as typed) -> (conversation, to, channels, lists)
+        # send_now's (sender, target) -> (conversation, to, channels, lists)
         self._routes: dict[tuple[str, str], tuple[str, str, list[str], tuple[str, str] | None]] = {}
         # The gateway and the worker pass their settings; a bare Store has no rate limit.
         limits = moderation or ModerationLimits(rate_limit=0, idempotency_ttl_s=idempotency_ttl_s)
@@ -242,7 +244,8 @@ class Store:
         queues sends in order has them stored, and answered, in that order."""
         if self.messages.link is None:
             return False
-        route = self._routes.get((sender, target))
+        route_key = (sender, target.lower())  # not as typed: casings would each take room
+        route = self._routes.get(route_key)
         if route is None:
             if is_room(target):
                 if target.lower() != GENERAL:
@@ -255,9 +258,9 @@ class Store:
                 conversation, to = dm_conversation(sender, found), found
             # Display names never change once claimed: the route holds.
             route = (conversation, to, *self._route(sender, conversation, to))
-            if len(self._routes) >= 100_000:
+            if len(self._routes) >= ROUTES_MAX:
                 self._routes.clear()
-            self._routes[(sender, target)] = route
+            self._routes[route_key] = route
         conversation, to, channels, lists = route
         if not self.moderation.cleared(sender, counts=conversation == GENERAL):
             return False

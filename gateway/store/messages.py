@@ -51,6 +51,7 @@ _RETRY_LOG_LOOKBACK: Final = 200
 _CACHE_MAX: Final = 100_000
 WAIT_REPLICAS_MS: Final = 2000  # longest a send waits for its replicas (--redis-wait-replicas)
 PAGE: Final = 200  # entries per read: no single command's cost grows with history
+KEYS_MAX: Final = 20_000  # (conversation, sender) key sets kept, a few hundred bytes each
 LINK_BATCH_MAX: Final = 1000  # sends in one batch on the send link (about 10 ms of Redis)
 LEGACY_COUNT_CAP: Final = 1000  # entries written before ``n`` existed are counted up to this
 
@@ -308,7 +309,7 @@ class Messages:
             found = (
                 k.stream(conversation), k.seq(conversation), k.replies(conversation), k.log(sender)
             )  # fmt: skip
-            if len(self._keys) >= _CACHE_MAX:
+            if len(self._keys) >= KEYS_MAX:
                 self._keys.clear()
             self._keys[cache_key] = found
         return found

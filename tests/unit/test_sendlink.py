@@ -112,7 +112,9 @@ async def test_send_now_queues_only_what_the_caches_let_through_in_order(
     assert outcomes.items == []
     await store.admit("amy", "dm:amy:bob", None)  # her standing, fresh (kept half a second)
     for i in range(30):
-        assert store.send_now("amy", "BOB", f"m{i}", f"c{i % 20}", outcomes)
+        target = ("BOB", "bob", "bOb")[i % 3]  # one route, however the name is typed
+        assert store.send_now("amy", target, f"m{i}", f"c{i % 20}", outcomes)
+    assert sorted(store._routes) == [("amy", "#general"), ("amy", "bob")]
     got = await outcomes.wait(30)
     assert all(isinstance(o, SendResult) for o in got)
     ids = [o.id for o in got]
