@@ -87,6 +87,7 @@ async def run(settings: WorkerSettings) -> None:
         os._exit(1)  # whoever sent SIGTERM sees the failure
     with contextlib.suppress(TimeoutError, RedisError, OSError, Unavailable):
         await asyncio.wait_for(scheduler.store.close(), STOP_TIMEOUT_S)
+    with contextlib.suppress(TimeoutError, RedisError, OSError):
         await asyncio.wait_for(redis.aclose(), STOP_TIMEOUT_S)
     log.info("worker stopped")
 

@@ -278,7 +278,9 @@ class Hub:
         that came before it, on any channel: "your scheduled message was sent"
         after the message."""
         runs: dict[bytes, tuple[Route, str, list[Message]]] = {}
-        seen: dict[bytes, Message] = {}  # a direct message comes on both users' channels
+        # A direct message comes on both users' channels: decoded once, with its
+        # conversation.
+        seen: dict[bytes, tuple[str, Message]] = {}
         for channel, data in batch:
             route = self._routes.get(channel)
             if route is None or not route.sessions:
@@ -349,14 +351,14 @@ class Hub:
             after = page[-1].id
 
     def _decode(
-        self, route: Route, channel: bytes, data: bytes, seen: dict[bytes, Message]
+        self, route: Route, channel: bytes, data: bytes, seen: dict[bytes, tuple[str, Message]]
     ) -> tuple[str, Message] | dict[str, object] | None:
         """A message to deliver, with its conversation; an event for a user that is
         not a message, as its JSON object; None for what is not delivered as it came
         (malformed; a direct message on a cluster, read from its stream instead).
         ``seen``: the messages decoded from this read, by their bytes."""
-        msg = seen.get(data)
-        if msg is None:
+        found = seen.get(data)
+        if found is None:
             try:
                 got = published_from_json(data)
             except (ValueError, KeyError, TypeError, AttributeError):
@@ -364,14 +366,13 @@ class Hub:
                 return None
             if not isinstance(got, Message):
                 return got
-            msg = seen[data] = got
-        if route.user is None:
-            return msg.to, msg
-        conversation = dm_conversation(msg.from_, msg.to)
-        if self.cluster is not None:
-            self._catch_up(channel, conversation)
+            # A room's message comes on its room's channel, a direct one on users'.
+            conversation = got.to if route.user is None else dm_conversation(got.from_, got.to)
+            found = seen[data] = (conversation, got)
+        if route.user is not None and self.cluster is not None:
+            self._catch_up(channel, found[0])
             return None
-        return conversation, msg
+        return found
 
     # -- on a cluster: direct messages read from their stream, in order -----------------
     def _catch_up(self, channel: bytes, conversation: str) -> None:

@@ -148,6 +148,15 @@ def _outcome(
     return SendResult(sid, duplicate=status == 0)
 
 
+def _touches(item: _PendingSend, now: int) -> list[list[Any]]:
+    """The ZADDs that list a direct conversation for both its users (none when it
+    was listed lately), which go before its step."""
+    if item.touch is None:
+        return []
+    own, other, conversation = item.touch
+    return [["ZADD", own, "GT", now, conversation], ["ZADD", other, "GT", now, conversation]]
+
+
 @boundary
 class Messages:
     def __init__(
@@ -447,10 +456,8 @@ class Messages:
 
         def fill(pipe: Pipeline) -> None:
             for item in batch:
-                if item.touch is not None:
-                    own, other, conversation = item.touch
-                    pipe.zadd(own, {conversation: now}, gt=True)
-                    pipe.zadd(other, {conversation: now}, gt=True)
+                for command in _touches(item, now):
+                    pipe.execute_command(*command)
                 self.scripts.queue(pipe, "send", item.keys, item.args)
             # WAIT counts the replicas that have this connection's writes so far, so it
             # follows the scripts on the connection to their node.
@@ -482,10 +489,7 @@ class Messages:
         commands: list[list[Any]] = []
         steps: list[int] = []
         for item in batch:
-            if item.touch is not None:
-                own, other, conversation = item.touch
-                commands.append(["ZADD", own, "GT", now, conversation])
-                commands.append(["ZADD", other, "GT", now, conversation])
+            commands.extend(_touches(item, now))
             steps.append(len(commands))
             commands.append(self.scripts.command("send", item.keys, item.args))
         raw = await link.run(commands)

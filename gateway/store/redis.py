@@ -250,7 +250,7 @@ class Scripts:
             except NoScriptError:
                 if attempt:
                     raise
-                await self.redis.script_load(self._source[name])
+                await self.load((name,))
         raise AssertionError("unreachable")
 
     def command(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
